@@ -1,0 +1,312 @@
+"""ArchConfig: the one description of an architecture that every part of hilonas speaks.
+
+A frozen dataclass of per-stage tuples (the shape timm uses for per-stage hyperparameters), so the same config always
+gives the same model, the same latency block keys and the same exported file. No torch import here.
+
+Per-stage fields (one entry per stage):
+    depths       blocks in the stage (>= 1)
+    embed_dims   channel width
+    num_heads    attention heads (ignored where the mixer is 'none')
+    mlp_ratios   ConvFFN hidden width = round(dim * ratio)
+    mixers       'none' (ConvFFN-only blocks, LITv2 stages 0-1), 'hilo', 'msa', 'sra' or 'window'
+    alphas       HiLo share of Lo-Fi heads, in [0, 1] (used by 'hilo' only)
+    window_sizes HiLo window / SRA reduction ratio / local window size (ignored by 'msa' and 'none')
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+from hilonas.errors import ConfigError
+
+MIXERS = ("none", "hilo", "msa", "sra", "window")
+MERGES = ("conv", "dtm")
+STAGE_FIELDS = ("depth", "dim", "heads", "mlp_ratio", "mixer", "alpha", "window")
+_PER_STAGE = ("depths", "embed_dims", "num_heads", "mlp_ratios", "mixers", "alphas", "window_sizes")
+GLOBAL_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "merge", "qkv_bias", "drop_path_rate", "pad")
+
+
+class Stage(NamedTuple):
+    """One stage of an ArchConfig, as the user writes it in YAML."""
+
+    depth: int
+    dim: int
+    heads: int
+    mlp_ratio: float
+    mixer: str
+    alpha: float
+    window: int
+
+
+def lofi_heads(heads: int, alpha: float, window: int) -> int:
+    """Lo-Fi head count of HiLo, exactly as the reference: ``int(heads * alpha)``, all heads when window == 1."""
+    return heads if window == 1 else int(heads * alpha)
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A LITv2-style architecture. Build it with :func:`hilonas.create_model`; check it with :meth:`validate`."""
+
+    depths: tuple[int, ...]
+    embed_dims: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    mlp_ratios: tuple[float, ...]
+    mixers: tuple[str, ...]
+    alphas: tuple[float, ...]
+    window_sizes: tuple[int, ...]
+    img_size: int = 224
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 1000
+    merge: str = "conv"
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    pad: bool = True
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples and numbers to their types so equal configs compare and hash equal.
+        casts = dict(depths=int, embed_dims=int, num_heads=int, mlp_ratios=float, mixers=str, alphas=float,
+                     window_sizes=int)
+        for name, cast in casts.items():
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ConfigError(f"{name}={value!r} must be a list with one entry per stage")
+            try:
+                object.__setattr__(self, name, tuple(cast(v) for v in value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name}={list(value)!r} must hold {cast.__name__} values, one per stage") from None
+        for name, cast in (("img_size", int), ("patch_size", int), ("in_chans", int), ("num_classes", int),
+                           ("drop_path_rate", float)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
+                raise ConfigError(f"{name}={value!r} must be a {cast.__name__}")
+            object.__setattr__(self, name, cast(value))
+        for name in ("qkv_bias", "pad"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+
+    # ----------------------------------------------------------------------------------------------------- views
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    def stages(self) -> Iterator[Stage]:
+        for i in range(self.num_stages):
+            yield self.stage(i)
+
+    def stage(self, i: int) -> Stage:
+        return Stage(self.depths[i], self.embed_dims[i], self.num_heads[i], self.mlp_ratios[i], self.mixers[i],
+                     self.alphas[i], self.window_sizes[i])
+
+    def stage_resolutions(self) -> list[tuple[int, int]]:
+        """Token map (H, W) of every stage: patch embed pads up to the patch, each merge halves (rounding up)."""
+        h = w = math.ceil(self.img_size / self.patch_size)
+        sizes = []
+        for i in range(self.num_stages):
+            if i > 0:
+                h, w = math.ceil(h / 2), math.ceil(w / 2)
+            sizes.append((h, w))
+        return sizes
+
+    def hidden_dim(self, i: int) -> int:
+        return int(round(self.embed_dims[i] * self.mlp_ratios[i]))
+
+    # ------------------------------------------------------------------------------------------------ validation
+    def validate(self) -> "ArchConfig":
+        """Raise :class:`ConfigError` naming stage, field, value and fix for the first impossible setting."""
+        n = len(self.depths)
+        if n == 0:
+            raise ConfigError("stages: the architecture has no stage; give at least one stage")
+        for name in _PER_STAGE:
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"{name} has {len(getattr(self, name))} entries but depths has {n}: "
+                                  "give one entry per stage")
+        if self.img_size < 1:
+            raise ConfigError(f"img_size={self.img_size} must be a positive number of pixels")
+        if self.patch_size < 1:
+            raise ConfigError(f"patch_size={self.patch_size} must be >= 1 (LITv2 uses 4)")
+        if self.in_chans < 1:
+            raise ConfigError(f"in_chans={self.in_chans} must be >= 1 (3 for RGB)")
+        if self.num_classes < 0:
+            raise ConfigError(f"num_classes={self.num_classes} must be >= 0 (0 gives features only)")
+        if self.merge not in MERGES:
+            raise ConfigError(f"merge={self.merge!r} is unknown: use one of {', '.join(MERGES)}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        for i, ((h, w), s) in enumerate(zip(self.stage_resolutions(), self.stages())):
+            where = f"stages[{i}]"
+            if s.depth < 1:
+                raise ConfigError(f"{where}.depth={s.depth} must be >= 1: remove the stage instead of giving it depth 0")
+            if s.dim < 1:
+                raise ConfigError(f"{where}.dim={s.dim} must be >= 1")
+            if s.mlp_ratio <= 0 or self.hidden_dim(i) < 1:
+                raise ConfigError(f"{where}.mlp_ratio={s.mlp_ratio} must be > 0 (LITv2 uses 4)")
+            if s.mixer not in MIXERS:
+                raise ConfigError(f"{where}.mixer={s.mixer!r} is unknown: use one of {', '.join(MIXERS)}")
+            if not 0.0 <= s.alpha <= 1.0:
+                raise ConfigError(f"{where}.alpha={s.alpha} is outside [0, 1]: alpha is the share of Lo-Fi heads "
+                                  "(0 = all Hi-Fi, 1 = all Lo-Fi)")
+            if s.window < 1:
+                raise ConfigError(f"{where}.window={s.window} must be >= 1")
+            if s.mixer == "none":
+                continue
+            if s.heads < 1:
+                raise ConfigError(f"{where}.heads={s.heads} must be >= 1")
+            if s.dim % s.heads:
+                lower = s.dim - s.dim % s.heads
+                hint = f"{lower} or {lower + s.heads}" if lower else f"{s.heads}"
+                raise ConfigError(f"{where}.dim={s.dim} is not divisible by {where}.heads={s.heads}: "
+                                  f"use a width that is a multiple of the heads (e.g. {hint}) or other heads")
+            tiles = s.mixer in ("hilo", "window") and s.window > 1
+            if s.mixer == "hilo" and lofi_heads(s.heads, s.alpha, s.window) == 0:
+                tiles = s.window > 1  # Hi-Fi only: windows still partition the map
+            if tiles and not self.pad and (h % s.window or w % s.window):
+                raise ConfigError(f"{where}.window={s.window} cannot tile the stage's {h}x{w} token map and pad is "
+                                  f"false: choose a window dividing {h} and {w}, or set pad: true")
+            if s.mixer == "sra" and s.window > min(h, w):
+                raise ConfigError(f"{where}.window={s.window} (SRA reduction ratio) is larger than the stage's "
+                                  f"{h}x{w} token map: use a ratio <= {min(h, w)}")
+        return self
+
+    # ----------------------------------------------------------------------------------------------- canonical
+    def canonical(self) -> "ArchConfig":
+        """The same network with fields it ignores set to fixed values, so equal networks compare equal.
+
+        'none' stages ignore heads/alpha/window (set to 1/0/1); 'msa' ignores alpha and window; 'sra' and 'window'
+        ignore alpha; HiLo with window 1 is all Lo-Fi whatever alpha says (alpha set to 1).
+        """
+        heads, alphas, windows = list(self.num_heads), list(self.alphas), list(self.window_sizes)
+        for i, mixer in enumerate(self.mixers):
+            if mixer == "none":
+                heads[i], alphas[i], windows[i] = 1, 0.0, 1
+            elif mixer == "msa":
+                alphas[i], windows[i] = 0.0, 1
+            elif mixer in ("sra", "window"):
+                alphas[i] = 0.0
+            elif mixer == "hilo" and windows[i] == 1:
+                alphas[i] = 1.0
+        return dataclasses.replace(self, num_heads=tuple(heads), alphas=tuple(alphas), window_sizes=tuple(windows))
+
+    # ------------------------------------------------------------------------------------------ dict and YAML
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-friendly dict: ``{'stages': [{depth, dim, ...}, ...], 'img_size': ..., ...}``."""
+        out: dict[str, Any] = {"stages": [dict(s._asdict()) for s in self.stages()]}
+        for name in GLOBAL_FIELDS:
+            out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ArchConfig":
+        """Inverse of :meth:`to_dict`; also accepts ``{'arch': {...}}`` (an exported file). Validates."""
+        if isinstance(data, dict) and "arch" in data and "stages" not in data:
+            data = data["arch"]
+        if not isinstance(data, dict):
+            raise ConfigError(f"architecture must be a mapping with 'stages', got {type(data).__name__}")
+        unknown = sorted(set(data) - {"stages", *GLOBAL_FIELDS})
+        if unknown:
+            raise ConfigError(f"unknown architecture field {unknown[0]!r}: allowed are stages, "
+                              f"{', '.join(GLOBAL_FIELDS)}")
+        stages = data.get("stages")
+        if not isinstance(stages, list) or not stages:
+            raise ConfigError("stages: missing or empty: give a list of stages, each with "
+                              f"{', '.join(STAGE_FIELDS)}")
+        per_stage: dict[str, list] = {name: [] for name in _PER_STAGE}
+        defaults = {"heads": 1, "mlp_ratio": 4.0, "mixer": "hilo", "alpha": 0.9, "window": 2}
+        for i, st in enumerate(stages):
+            if not isinstance(st, dict):
+                raise ConfigError(f"stages[{i}] must be a mapping with {', '.join(STAGE_FIELDS)}")
+            bad = sorted(set(st) - set(STAGE_FIELDS))
+            if bad:
+                raise ConfigError(f"stages[{i}].{bad[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
+            for key in ("depth", "dim"):
+                if key not in st:
+                    raise ConfigError(f"stages[{i}].{key} is missing: every stage needs depth and dim")
+            merged = {**defaults, **st}
+            for name, key in zip(_PER_STAGE, STAGE_FIELDS):
+                value = merged[key]
+                if key in ("depth", "dim", "heads", "window") and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ConfigError(f"stages[{i}].{key}={value!r} must be an integer")
+                if key in ("mlp_ratio", "alpha") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise ConfigError(f"stages[{i}].{key}={value!r} must be a number")
+                per_stage[name].append(value)
+        kwargs = {k: v for k, v in data.items() if k != "stages"}
+        return cls(**per_stage, **kwargs).validate()
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<string>") -> "ArchConfig":
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}:{where} is not valid YAML: fix the syntax "
+                              f"({getattr(err, 'problem', None) or err})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ArchConfig":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read ({err.strerror}): check the path") from None
+        return cls.from_yaml(text, source=str(path))
+
+    def describe(self) -> str:
+        """One compact line, e.g. ``[2x96 none | 2x192 none | 6x384 hilo h12 a0.9 w2 | 2x768 hilo h24 w1] @224``."""
+        parts = []
+        for s in self.stages():
+            p = f"{s.depth}x{s.dim} {s.mixer}"
+            if s.mixer != "none":
+                p += f" h{s.heads}"
+            if s.mixer == "hilo" and s.window > 1:
+                p += f" a{s.alpha:g}"
+            if s.mixer in ("hilo", "sra", "window"):
+                p += f" w{s.window}"
+            if s.mlp_ratio != 4:
+                p += f" r{s.mlp_ratio:g}"
+            parts.append(p)
+        return "[" + " | ".join(parts) + f"] @{self.img_size}"
+
+
+# The named LITv2 variants (REFERENCE.md section 2), as data only.
+def _litv2(dim: int, depths: tuple[int, ...], heads: tuple[int, ...], drop_path: float) -> ArchConfig:
+    return ArchConfig(depths=depths, embed_dims=(dim, 2 * dim, 4 * dim, 8 * dim), num_heads=heads,
+                      mlp_ratios=(4.0,) * 4, mixers=("none", "none", "hilo", "hilo"), alphas=(0.9,) * 4,
+                      window_sizes=(2, 2, 2, 1), drop_path_rate=drop_path)
+
+
+VARIANTS: dict[str, ArchConfig] = {
+    "litv2_s": _litv2(96, (2, 2, 6, 2), (3, 6, 12, 24), 0.2),
+    "litv2_m": _litv2(96, (2, 2, 18, 2), (3, 6, 12, 24), 0.3),
+    "litv2_b": _litv2(128, (2, 2, 18, 2), (4, 8, 16, 32), 0.5),
+}
+
+
+def resolve_arch(config_or_name: "ArchConfig | str | Path | dict") -> ArchConfig:
+    """An ArchConfig from a config, a variant name (``litv2_s``), a YAML path, or a dict. The one config loader."""
+    if isinstance(config_or_name, ArchConfig):
+        return config_or_name.validate()
+    if isinstance(config_or_name, dict):
+        return ArchConfig.from_dict(config_or_name)
+    text = str(config_or_name)
+    if text in VARIANTS:
+        return VARIANTS[text]
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        return ArchConfig.load(path)
+    raise ConfigError(f"{text!r} is neither a known variant ({', '.join(VARIANTS)}) nor a config file: "
+                      "give a variant name or the path of a YAML config")

@@ -1,0 +1,1 @@
+"""Latency: the timing harness and, later, block keys, tables and prediction."""

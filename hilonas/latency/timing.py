@@ -1,0 +1,216 @@
+"""The one timing harness of hilonas.
+
+Every latency figure in the project (block tables, whole networks, benches) comes from here:
+
+- ``time_once(fn, device)``: one timed call in milliseconds; the building block that interleaved benches use.
+- ``time_callable(fn, ...)``: warm-up, ``repeats`` timed calls, median and spread, re-measured when noisy.
+- ``time_module(module, example_input, ...)``: the same for ``module(*inputs)`` in eval mode.
+- ``num_threads(n)``: a context manager that pins torch's intra-op thread count and restores it.
+
+All calls run under ``torch.inference_mode()``. On CPU a call is timed with ``time.perf_counter``; on CUDA with
+a pair of ``torch.cuda.Event`` s around the call followed by a synchronize, so queued kernels are counted.
+
+Spread is ``(p90 - p10) / median`` of the samples (linear-interpolated percentiles): a robust relative width that
+ignores a single outlier on either side, unlike max/min or the standard deviation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+__all__ = ["Timing", "num_threads", "time_once", "time_callable", "time_module", "spread_of"]
+
+# Indirection so tests can substitute a deterministic clock.
+_clock: Callable[[], float] = time.perf_counter
+
+
+@dataclass
+class Timing:
+    """Result of one measurement.
+
+    Attributes:
+        median_ms: median of the kept samples, in milliseconds.
+        spread: ``(p90 - p10) / median`` of the kept samples (0 for a single sample).
+        runs: number of timed calls in the kept attempt.
+        samples_ms: the kept attempt's samples, in call order.
+        device: the device the calls were timed on, e.g. ``"cpu"`` or ``"cuda:0"``.
+        threads: torch's intra-op thread count during the measurement.
+        noisy: True when even the best attempt's spread exceeded ``max_spread``.
+        attempts: how many attempts (of ``runs`` samples each) were made.
+    """
+
+    median_ms: float
+    spread: float
+    runs: int
+    samples_ms: list[float] = field(repr=False)
+    device: str
+    threads: int
+    noisy: bool
+    attempts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 1], of an ascending non-empty sequence."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _median(values: Sequence[float]) -> float:
+    return _percentile(sorted(values), 0.5)
+
+
+def spread_of(samples: Sequence[float]) -> float:
+    """``(p90 - p10) / median`` of ``samples``; 0.0 for fewer than two samples, inf for a zero median."""
+    if len(samples) < 2:
+        return 0.0
+    s = sorted(samples)
+    med = _percentile(s, 0.5)
+    width = _percentile(s, 0.9) - _percentile(s, 0.1)
+    if med <= 0:
+        return 0.0 if width == 0 else float("inf")
+    return width / med
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Pin ``torch.set_num_threads(threads)`` inside the block and restore the previous count after.
+
+    ``None`` leaves the count alone. Yields the count in effect.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous)
+
+
+def _normalise_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {str(device)!r} requested but torch.cuda.is_available() is False")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {str(device)!r}")
+    return dev
+
+
+def time_once(fn: Callable[[], Any], device: str | torch.device = "cpu") -> float:
+    """Time one call of ``fn()`` in milliseconds.
+
+    The caller chooses the context (inference mode, thread count); ``time_callable`` and the benches set it.
+    On CUDA the call is bracketed by events on the current stream and synchronized, so the figure covers the
+    kernels the call queued, not only the Python time to queue them.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+    t0 = _clock()
+    fn()
+    return (_clock() - t0) * 1e3
+
+
+def _synchronize(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+    max_spread: float = 0.1,
+    max_attempts: int = 3,
+) -> Timing:
+    """Median latency of ``fn()`` in milliseconds.
+
+    Runs ``warmup`` untimed calls, then up to ``max_attempts`` attempts of ``repeats`` timed calls each, all under
+    ``torch.inference_mode()`` and, when ``threads`` is given, with that many intra-op threads (restored after).
+    An attempt whose spread is at most ``max_spread`` ends the measurement; otherwise the attempt with the lowest
+    spread is kept and ``noisy`` tells whether it still exceeds ``max_spread``.
+
+    Args:
+        fn: a callable with no arguments; its result is ignored.
+        warmup: untimed calls before the first attempt.
+        repeats: timed calls per attempt (>= 1).
+        threads: intra-op threads to use, or None to keep the current setting.
+        device: ``"cpu"`` or ``"cuda[:N]"``; decides the clock (perf_counter or CUDA events).
+        max_spread: the ``(p90 - p10) / median`` above which an attempt counts as noisy.
+        max_attempts: attempts at most (>= 1).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    dev = _normalise_device(device)
+    best: list[float] | None = None
+    best_spread = float("inf")
+    attempts = 0
+    with num_threads(threads) as used_threads, torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        _synchronize(dev)
+        while attempts < max_attempts:
+            attempts += 1
+            samples = [time_once(fn, dev) for _ in range(repeats)]
+            spread = spread_of(samples)
+            if best is None or spread < best_spread:
+                best, best_spread = samples, spread
+            if spread <= max_spread:
+                break
+    return Timing(
+        median_ms=_median(best),
+        spread=best_spread,
+        runs=len(best),
+        samples_ms=list(best),
+        device=str(dev),
+        threads=used_threads,
+        noisy=best_spread > max_spread,
+        attempts=attempts,
+    )
+
+
+def time_module(module: torch.nn.Module, example_input: Any, **kwargs: Any) -> Timing:
+    """Time ``module(*inputs)`` in eval mode with ``time_callable`` (keyword arguments pass through).
+
+    ``example_input`` is one tensor or a tuple/list of positional inputs. When ``device`` is not given it is the
+    device of the first tensor input (CPU when there is none). The module's train/eval mode is restored after.
+    """
+    inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if "device" not in kwargs:
+        first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+        kwargs["device"] = first.device if first is not None else "cpu"
+    was_training = module.training
+    module.eval()
+    try:
+        return time_callable(lambda: module(*inputs), **kwargs)
+    finally:
+        module.train(was_training)
