@@ -147,6 +147,305 @@ def bench_attention(batch: int = typer.Option(64, help="images per forward"),
         typer.echo(format_attention_bench(result))
 
 
+@bench_app.command("proxy")
+def bench_proxy(space: str = typer.Option("litv2_tiny", help="a shipped space name or a space YAML"),
+                n: int = typer.Option(16, help="architectures to sample"),
+                seed: int = typer.Option(0, help="sampling, split, initialisation and batch order"),
+                data: Optional[str] = typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, "
+                                                   "digits (default: the embedded MNIST subset)"),
+                resolution: int = typer.Option(32, help="proxy resolution"),
+                epochs: Optional[float] = typer.Option(None, help="default proxy budget in epochs (default: "
+                                                       "ProxyBudget's)"),
+                reference_factor: float = typer.Option(10.0, help="the reference trains this many times longer"),
+                extra_epochs: str = typer.Option("", help="other budgets to compare, comma-separated epochs "
+                                                 "(e.g. 0.5,1,4)"),
+                workers: int = typer.Option(1, help="processes scoring architectures side by side"),
+                threads: int = typer.Option(1, help="torch threads per worker"),
+                log: Optional[Path] = typer.Option(None, help="JSONL of finished architectures; resumes from it"),
+                as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Rank agreement (Spearman, Kendall) of every accuracy proxy with a 10x longer training, and its cost."""
+    try:
+        extra = [float(e) for e in extra_epochs.split(",") if e.strip()]
+    except ValueError:
+        raise HilonasError(f"--extra-epochs={extra_epochs!r} must be comma-separated numbers, e.g. 0.5,1,4") from None
+    if resolution < 4:
+        raise HilonasError(f"--resolution={resolution} must be >= 4 pixels")
+    if epochs is not None and not epochs > 0:
+        raise HilonasError(f"--epochs={epochs} must be > 0")
+    _quiet_torch()
+    import dataclasses
+
+    from hilonas.bench.proxy import format_proxy_bench, run_proxy_bench
+    from hilonas.proxy.train import DEFAULT_BUDGET
+
+    budget = DEFAULT_BUDGET if epochs is None else dataclasses.replace(DEFAULT_BUDGET, epochs=epochs)
+    report = run_proxy_bench(space, n, seed, data=data, resolution=resolution, budget=budget,
+                             reference_factor=reference_factor, extra_epochs=extra, workers=workers, threads=threads,
+                             log=log, progress=None if as_json else (lambda line: typer.echo(line, err=True)))
+    if as_json:
+        _echo_json(report)
+    else:
+        typer.echo(format_proxy_bench(report))
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+@app.command()
+def train(config: str = typer.Argument(..., help="variant name or a config YAML (an exported file too)"),
+          data: Optional[str] = typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, digits "
+                                             "(default: the embedded MNIST subset)"),
+          epochs: float = typer.Option(10.0, help="passes over the training split"),
+          resolution: int = typer.Option(32, help="training resolution"),
+          seed: int = typer.Option(0),
+          batch_size: int = typer.Option(64),
+          lr: float = typer.Option(2e-3, help="peak AdamW learning rate"),
+          threads: int = typer.Option(1, help="torch threads"),
+          device: str = typer.Option("cpu", help="cpu or cuda"),
+          out: Path = typer.Option(Path("runs/train"), help="folder for weights.safetensors, config.yaml, "
+                                   "metrics.json"),
+          as_json: bool = typer.Option(False, "--json", help="print the metrics as one JSON object")) -> None:
+    """Train one architecture with the proxy trainer and save its weights (safetensors) and config."""
+    from hilonas.config import resolve_arch
+
+    arch = resolve_arch(config)
+    if not epochs > 0:
+        raise HilonasError(f"--epochs={epochs} must be > 0")
+    if resolution < 4:
+        raise HilonasError(f"--resolution={resolution} must be >= 4 pixels")
+    if threads < 1:
+        raise HilonasError(f"--threads={threads} must be >= 1")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise HilonasError(f"--device={device!r} is unknown: use cpu or cuda")
+    if out.exists() and not out.is_dir():
+        raise HilonasError(f"--out {out} is a file: give a folder")
+    _quiet_torch()
+    import dataclasses
+
+    from hilonas.proxy.checkpoint import save_trained
+    from hilonas.proxy.data import load_dataset
+    from hilonas.proxy.train import DEFAULT_BUDGET, adapt_arch, train_proxy
+
+    budget = dataclasses.replace(DEFAULT_BUDGET, epochs=epochs, batch_size=batch_size, lr=lr)
+    dataset = load_dataset(data, resolution=resolution, seed=seed)
+    result = train_proxy(arch, dataset, budget, seed=seed, threads=threads, device=device, return_model=True)
+    if result.failed:
+        raise HilonasError(f"training failed: {result.reason}; try a lower --lr")
+    metrics = {"config": config, "data": dataset.name, **result.to_dict()}
+    save_trained(out, adapt_arch(arch, dataset), result.state_dict, metrics)
+    if as_json:
+        _echo_json({**metrics, "out": str(out)})
+        return
+    typer.echo(f"{adapt_arch(arch, dataset).describe()} on {dataset.describe()}")
+    typer.echo(f"  held-out top-1 {result.accuracy:.4f}, {result.epochs:g} epochs ({result.steps} steps) in "
+               f"{result.seconds:.1f} s, {result.images_per_s:.0f} images/s")
+    typer.echo(f"  saved {out}/weights.safetensors and {out}/config.yaml")
+
+
+# --------------------------------------------------------------------------------------------------------- search
+def _budget_options(epochs: Optional[float], steps: Optional[int], batch_size: Optional[int]) -> dict:
+    budget: dict = {}
+    if epochs is not None:
+        budget["epochs"] = epochs
+    if steps is not None:
+        budget["steps"] = steps
+    if batch_size is not None:
+        budget["batch_size"] = batch_size
+    return budget
+
+
+@app.command()
+def search(space: str = typer.Option("litv2_tiny", help="a shipped space name or a space YAML"),
+           target: str = typer.Option("cpu", help="hardware the latency is for: cpu or cuda"),
+           data: Optional[str] = typer.Option(None, help="dataset: default (embedded), a folder, cifar10:PATH"),
+           trials: int = typer.Option(16, help="finished trials wanted in the study (a resume continues up to it)"),
+           workers: int = typer.Option(2, help="trials evaluated at once (one CPU and one thread each)"),
+           study: Optional[str] = typer.Option(None, help="study name (default: SPACE-TARGET); runs/<study>/"),
+           storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///runs/<study>/study.db)"),
+           sampler: str = typer.Option("nsga2", help="nsga2, tpe or random"),
+           objective: str = typer.Option("latency", help="second objective: latency (min) or throughput (max)"),
+           max_latency_ms: Optional[float] = typer.Option(None, help="latency limit (an Optuna constraint)"),
+           epochs: Optional[float] = typer.Option(None, help="proxy budget in epochs (default: the proxy's)"),
+           steps: Optional[int] = typer.Option(None, help="proxy budget in optimizer steps (overrides --epochs)"),
+           batch_size: Optional[int] = typer.Option(None, help="proxy training batch size"),
+           resolution: int = typer.Option(32, help="proxy training resolution (latency uses the space's img_size)"),
+           seed: int = typer.Option(0, help="sampler and training seed"),
+           executor: str = typer.Option("ray", help="ray (default) or local (in-process, for debugging)"),
+           ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting one"),
+           tables: str = typer.Option("latency_tables", help="latency tables folder"),
+           runs: str = typer.Option("runs", help="folder of studies"),
+           resume: bool = typer.Option(False, "--resume", help="require the study to exist already"),
+           no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+           as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object")) -> None:
+    """Multi-objective search: accuracy (proxy training) vs latency (from the table), trials in parallel on Ray."""
+    _quiet_torch()
+    import dataclasses
+
+    from hilonas.search.driver import SearchSettings, run_search
+
+    settings = SearchSettings(space=space, target=target, data=data, trials=trials, workers=workers, study=study,
+                              storage=storage, sampler=sampler, objective=objective, max_latency_ms=max_latency_ms,
+                              budget=_budget_options(epochs, steps, batch_size), resolution=resolution, seed=seed,
+                              executor=executor, ray_address=ray_address, tables_dir=tables, runs_dir=runs,
+                              resume=resume)
+    try:
+        summary = run_search(settings, progress=not no_progress and not as_json)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished trials are kept, running ones marked failed; run the same command to "
+                   "continue", err=True)
+        raise typer.Exit(130)
+    if as_json:
+        _echo_json(dataclasses.asdict(summary))
+        return
+    typer.echo(f"study {summary.study}: {summary.finished} finished trials ({summary.new_trials} new, "
+               f"{summary.failed} failed this run), front of {summary.front_size}, {summary.wall_seconds:.0f} s")
+    typer.echo(f"  storage: {summary.storage}")
+    typer.echo(f"  latency table: {summary.table}")
+    typer.echo(f"  next: hilonas pareto {summary.study}   |   hilonas export {summary.study} --trial N")
+
+
+@app.command()
+def studies(runs: str = typer.Option("runs", help="folder of studies"),
+            as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
+    """The studies under runs/, with their trial counts."""
+    from hilonas.search.study import list_studies
+
+    rows = list_studies(runs) if Path(runs).is_dir() else []
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo(f"no studies in {runs}/ (start one with hilonas search)")
+    for r in rows:
+        s = r["settings"]
+        typer.echo(f"{r['study']:24s} {r.get('complete', 0):>4} complete {r.get('fail', 0):>3} failed  "
+                   f"space={s.get('space')} target={s.get('target')} objective={s.get('objective')} "
+                   f"limit={s.get('max_latency_ms')}  {r['storage']}")
+
+
+# ------------------------------------------------------------------------------------------ results/pareto/export
+def _results(study_names: list[str], storage: Optional[str], runs: str, with_landmarks: bool = False):
+    from hilonas.analysis.results import results_frame
+    from hilonas.search.study import landmark_records, load_existing, trial_records
+
+    records, marks = [], []
+    for name in study_names:
+        study = load_existing(name, storage, runs)
+        records += trial_records(study)
+        marks += landmark_records(study) if with_landmarks else []
+    return results_frame(records), (results_frame(marks) if marks else None)
+
+
+@app.command()
+def results(study: str = typer.Argument(..., help="study name (runs/<study>/study.db)"),
+            storage: Optional[str] = typer.Option(None, help="Optuna storage URL when not the default file"),
+            runs: str = typer.Option("runs", help="folder of studies"),
+            csv: Optional[Path] = typer.Option(None, help="write every trial to this CSV file"),
+            parquet: Optional[Path] = typer.Option(None, help="write every trial to this Parquet file"),
+            front_only: bool = typer.Option(False, "--front", help="print only the Pareto front")) -> None:
+    """The trials of a study as a table (pandas): objectives, feasibility, front membership, architecture."""
+    df, _ = _results([study], storage, runs)
+    for path, kind in ((csv, "csv"), (parquet, "parquet")):
+        if path is None:
+            continue
+        if not path.parent.is_dir():
+            raise HilonasError(f"--{kind} {path}: folder {path.parent} does not exist: create it first")
+        out = df.drop(columns=["arch"]).copy()
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            out.to_csv(tmp, index=False) if kind == "csv" else out.to_parquet(tmp, index=False)
+        except ImportError:
+            tmp.unlink(missing_ok=True)
+            raise HilonasError("--parquet needs pyarrow (pip install pyarrow); use --csv instead") from None
+        tmp.replace(path)
+        typer.echo(f"wrote {len(out)} trials to {path}")
+    view = df[df["on_front"]] if front_only else df
+    cols = ["number", "state", "accuracy", "latency_ms", "feasible", "on_front", "flops", "params", "arch_text"]
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_colwidth", 90):
+        typer.echo(view[cols].to_string(index=False))
+
+
+@app.command()
+def pareto(studies_: list[str] = typer.Argument(..., metavar="STUDY...", help="one or more study names"),
+           storage: Optional[str] = typer.Option(None, help="Optuna storage URL when not the default file"),
+           runs: str = typer.Option("runs", help="folder of studies"),
+           out: Optional[Path] = typer.Option(None, help="HTML page (default runs/<first study>/pareto.html)"),
+           png: Optional[Path] = typer.Option(None, help="also a static PNG (needs Chromium for kaleido)"),
+           x: str = typer.Option("latency", help="x axis: latency or throughput"),
+           landmarks: bool = typer.Option(False, "--landmarks",
+                                          help="evaluate the space's reference architectures into the study first"),
+           tables: str = typer.Option("latency_tables", help="latency tables folder (for --landmarks)")) -> None:
+    """The accuracy-vs-latency Pareto page (plotly, works offline): fronts of several studies side by side."""
+    if x not in ("latency", "throughput"):
+        raise HilonasError(f"--x={x!r} is unknown: use latency or throughput")
+    if landmarks:
+        _quiet_torch()
+        from hilonas.search.landmarks import evaluate_landmarks
+        from hilonas.search.study import load_existing
+
+        for name in studies_:
+            marks = evaluate_landmarks(load_existing(name, storage, runs), tables_dir=tables)
+            typer.echo(f"{name}: scored {len(marks)} reference architectures")
+    df, marks_df = _results(studies_, storage, runs, with_landmarks=True)
+    from hilonas.analysis.plots import pareto_figure, write_html, write_png
+
+    fig = pareto_figure(df, marks_df, x=x)
+    page = write_html(fig, out or Path(runs) / studies_[0] / "pareto.html")
+    typer.echo(f"wrote {page} ({int(df['on_front'].sum())} front members of {len(df)} trials"
+               f"{f', {len(marks_df)} landmarks' if marks_df is not None else ''}); open it in a browser")
+    if png is not None:
+        typer.echo(f"wrote {write_png(fig, png)}")
+
+
+@app.command()
+def export(study: str = typer.Argument(..., help="study name"),
+           trial: Optional[int] = typer.Option(None, help="export this trial number"),
+           max_latency_ms: Optional[float] = typer.Option(None, help="the most accurate trial at most this slow"),
+           min_accuracy: Optional[float] = typer.Option(None, help="the fastest trial at least this accurate"),
+           out: Optional[Path] = typer.Option(None, help="new folder (default runs/<study>/export-trial<N>)"),
+           weights: bool = typer.Option(False, "--weights", help="train with the proxy trainer and save weights"),
+           epochs: Optional[float] = typer.Option(None, help="epochs for --weights (default: the study's budget)"),
+           onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked with onnxruntime"),
+           no_measure: bool = typer.Option(False, "--no-measure", help="skip re-measuring the latency"),
+           storage: Optional[str] = typer.Option(None, help="Optuna storage URL when not the default file"),
+           runs: str = typer.Option("runs", help="folder of studies"),
+           as_json: bool = typer.Option(False, "--json", help="print the provenance as one JSON object")) -> None:
+    """Export a trial's architecture as YAML with provenance (buildable by hilonas.create_model and timm)."""
+    from hilonas.export import WARN_ERROR, export_trial, select_trial
+    from hilonas.search.study import load_existing, study_settings
+
+    opened = load_existing(study, storage, runs)
+    df, _ = _results([study], storage, runs)
+    row = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
+    target = out or Path(runs) / study / f"export-trial{int(row['number'])}"
+    _quiet_torch()
+    prov = export_trial(row, study_settings(opened), target, weights=weights, onnx=onnx, measure=not no_measure,
+                        epochs=epochs)
+    m = prov.get("measurement", {})
+    if m.get("measured"):
+        m["error"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0
+    if as_json:
+        _echo_json({"out": str(target), **prov})
+        return
+    typer.echo(f"exported trial {prov['trial']} of {study} to {target}/arch.yaml")
+    typer.echo(f"  {row['arch_text']}")
+    typer.echo(f"  proxy accuracy {prov['proxy_accuracy']:.4f}, predicted latency {prov['predicted_latency_ms']:.2f} ms, "
+               f"FLOPs {prov['flops'] / 1e9:.3f} G, params {prov['params'] / 1e6:.2f} M")
+    if m.get("measured"):
+        typer.echo(f"  re-measured here: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs predicted)")
+        if abs(m["error"]) > WARN_ERROR:
+            typer.echo(f"warning: measured latency differs from the prediction by {m['error']:+.1%} "
+                       f"(more than {WARN_ERROR:.0%}); check `hilonas latency validate`", err=True)
+    elif m:
+        typer.echo(f"  not re-measured: {m['reason']}")
+    if "onnx" in prov:
+        typer.echo(f"  model.onnx: max abs diff vs PyTorch {prov['onnx']['max_abs_diff']:.2e}")
+    if "weights" in prov:
+        typer.echo(f"  weights.safetensors: {prov['weights']['accuracy']:.4f} held-out top-1 on {prov['weights']['data']}")
+    typer.echo(f"  build it: hilonas.create_model('{target}/arch.yaml') or "
+               f"timm.create_model('hilonas_arch', config='{target}/arch.yaml')")
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script: user errors -> one line on stderr and exit status 2."""

@@ -6,6 +6,7 @@ Every latency figure in the project (block tables, whole networks, benches) come
 - ``time_callable(fn, ...)``: warm-up, ``repeats`` timed calls, median and spread, re-measured when noisy.
 - ``time_module(module, example_input, ...)``: the same for ``module(*inputs)`` in eval mode.
 - ``num_threads(n)``: a context manager that pins torch's intra-op thread count and restores it.
+- ``median_of`` / ``spread_of``: the statistics every caller reports.
 
 All calls run under ``torch.inference_mode()``. On CPU a call is timed with ``time.perf_counter``; on CUDA with
 a pair of ``torch.cuda.Event`` s around the call followed by a synchronize, so queued kernels are counted.
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-__all__ = ["Timing", "num_threads", "time_once", "time_callable", "time_module", "spread_of"]
+__all__ = ["Timing", "num_threads", "time_once", "time_callable", "time_module", "median_of", "spread_of"]
 
 # Indirection so tests can substitute a deterministic clock.
 _clock: Callable[[], float] = time.perf_counter
@@ -65,8 +66,11 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def _median(values: Sequence[float]) -> float:
-    return _percentile(sorted(values), 0.5)
+def median_of(samples: Sequence[float]) -> float:
+    """Median of a non-empty sequence of samples."""
+    if not samples:
+        raise ValueError("median_of needs at least one sample")
+    return _percentile(sorted(samples), 0.5)
 
 
 def spread_of(samples: Sequence[float]) -> float:
@@ -100,14 +104,17 @@ def num_threads(threads: int | None) -> Iterator[int]:
 
 
 def _normalise_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {str(device)!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"device {str(device)!r} requested but torch.cuda.is_available() is False")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
-    elif dev.type != "cpu":
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {str(device)!r}")
     return dev
 
 
@@ -187,7 +194,7 @@ def time_callable(
             if spread <= max_spread:
                 break
     return Timing(
-        median_ms=_median(best),
+        median_ms=median_of(best),
         spread=best_spread,
         runs=len(best),
         samples_ms=list(best),
@@ -214,3 +221,33 @@ def time_module(module: torch.nn.Module, example_input: Any, **kwargs: Any) -> T
         return time_callable(lambda: module(*inputs), **kwargs)
     finally:
         module.train(was_training)
+
+
+def time_rounds(fns: Sequence[Callable[[], Any]], *, rounds: int = 3, **kwargs: Any) -> list[Timing]:
+    """Time several callables in ``rounds`` round-robin passes of :func:`time_callable`; keep each one's quietest pass.
+
+    Other processes slow a measurement in bursts. Measuring ``fns[0], fns[1], ...`` once per pass, ``rounds`` times,
+    spreads each callable's samples over the whole run, and keeping the pass with the lowest median (the least
+    disturbed window) gives figures that agree between callables measured minutes apart. ``kwargs`` go to
+    :func:`time_callable` for every pass; the warm-up is paid on the first pass only. The returned Timing is the kept
+    pass's, with ``attempts`` summed over all passes.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    best: list[Timing | None] = [None] * len(fns)
+    attempts = [0] * len(fns)
+    for r in range(rounds):
+        kw = dict(kwargs)
+        if r > 0:
+            kw["warmup"] = min(1, kwargs.get("warmup", 5))  # one call to bring the callable back into cache
+        for i, fn in enumerate(fns):
+            t = time_callable(fn, **kw)
+            attempts[i] += t.attempts
+            if best[i] is None or t.median_ms < best[i].median_ms:
+                best[i] = t
+    out = []
+    for t, n in zip(best, attempts):
+        assert t is not None
+        t.attempts = n
+        out.append(t)
+    return out

@@ -197,18 +197,18 @@ class HiLo(nn.Module):
         B, Hp, Wp, C = xp.shape
         ws, h, d = self.window_size, self.h_heads, self.head_dim
         hg, wg = Hp // ws, Wp // ws
-        # The projection is per token, so it commutes with the partition; projecting first moves 3*h_dim channels
-        # (not C) through the partition copy, which lands q, k, v directly in SDPA's (B*nW, h, ws*ws, d) layout.
+        # The projection is per token, so it commutes with the partition: projecting first moves 3*h_dim channels
+        # (not C) through the one partition copy. q, k, v are laid out (B*nW, ws*ws, h, d) and handed to SDPA as
+        # head-transposed views; SDPA's output follows q's layout, so merging the heads afterwards is a view.
         qkv = F.linear(xp, self.h_qkv.weight, self.h_qkv.bias)
-        qkv = qkv.view(B, hg, ws, wg, ws, 3, h, d).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * hg * wg, h, ws * ws, d)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
-        # (B*nW, h, T, d) -> (B*nW, T, h*d); a view when SDPA returned a head-transposed buffer, else one copy.
+        qkv = qkv.view(B, hg, ws, wg, ws, 3, h, d).permute(5, 0, 1, 3, 2, 4, 6, 7).reshape(3, B * hg * wg, ws * ws, h, d)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(0))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, hg, wg, ws, ws, self.h_dim)
         return F.linear(out, self.h_proj.weight, self.h_proj.bias)
 
     def _lofi_fused(self, x: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        Hp, Wp = xp.shape[1], xp.shape[2]
         ws, h, d = self.window_size, self.l_heads, self.head_dim
         # Queries only for real tokens: padded queries would only produce rows that are cropped anyway.
         q = F.linear(x, self.l_q.weight, self.l_q.bias).view(B, N, h, d).transpose(1, 2)

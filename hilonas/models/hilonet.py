@@ -111,13 +111,15 @@ class HiLoNet(nn.Module):
 
     @property
     def fused(self) -> bool:
-        return all(getattr(m, "fused", True) for m in self.modules() if hasattr(m, "fused") and m is not self)
+        return all(m.fused for m in self._mixers())
+
+    def _mixers(self) -> list[nn.Module]:
+        return [blk.attn for layer in self.layers for blk in layer.blocks if isinstance(blk, Block)]
 
     def set_fused(self, fused: bool) -> "HiLoNet":
         """Switch every attention layer between the fused (SDPA) and the explicit path."""
-        for m in self.modules():
-            if m is not self and hasattr(m, "fused"):
-                m.fused = fused
+        for m in self._mixers():
+            m.fused = fused
         return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""The Pareto page: an interactive plotly figure of accuracy vs latency (or throughput). Only module importing plotly.
+
+Drawing only: the data (trials, fronts, landmarks) comes from :mod:`hilonas.analysis.results` and is tested there.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from hilonas.errors import HilonasError
+
+_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+
+
+def _hover(row: pd.Series) -> str:
+    flops = f"{row['flops'] / 1e9:.3f} G" if pd.notna(row.get("flops")) else "-"
+    params = f"{row['params'] / 1e6:.2f} M" if pd.notna(row.get("params")) else "-"
+    acc = f"{row['accuracy']:.4f}" if pd.notna(row.get("accuracy")) else "-"
+    label = row.get("landmark") if isinstance(row.get("landmark"), str) else f"trial {row['number']}"
+    return (f"<b>{row['study']} · {label}</b><br>{row.get('arch_text') or ''}<br>accuracy {acc}<br>"
+            f"predicted latency {row['latency_ms']:.2f} ms ({row['throughput']:.0f} img/s)<br>"
+            f"FLOPs {flops} · params {params}")
+
+
+def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: str = "latency") -> go.Figure:
+    """Every trial (dominated ones faint), each study's front as a step line, limits and landmarks."""
+    if x not in ("latency", "throughput"):
+        raise HilonasError(f"--x={x!r} is unknown: use latency or throughput")
+    col = "latency_ms" if x == "latency" else "throughput"
+    fig = go.Figure()
+    done = df[(df["state"] == "COMPLETE") & df["accuracy"].notna() & df["latency_ms"].notna()]
+    for i, (study, part) in enumerate(done.groupby("study", sort=False)):
+        colour = _COLOURS[i % len(_COLOURS)]
+        target = part["target"].iloc[0] or ""
+        name = f"{study} ({target})" if target else str(study)
+        for subset, opacity, label, size in (
+                (part[~part["on_front"] & part["feasible"]], 0.3, "trials", 7),
+                (part[~part["feasible"]], 0.15, "over the limit", 6),
+                (part[part["on_front"]], 1.0, "front", 10)):
+            if subset.empty:
+                continue
+            fig.add_trace(go.Scatter(
+                x=subset[col], y=subset["accuracy"], mode="markers", name=f"{name}: {label}",
+                legendgroup=str(study), opacity=opacity,
+                marker={"color": colour, "size": size, "symbol": "x" if label == "over the limit" else "circle"},
+                hovertext=[_hover(r) for _, r in subset.iterrows()], hoverinfo="text"))
+        front = part[part["on_front"]].sort_values(col, ascending=(x == "latency"))
+        if len(front) > 1:
+            fig.add_trace(go.Scatter(x=front[col], y=front["accuracy"], mode="lines", name=f"{name}: front",
+                                     legendgroup=str(study), line={"color": colour, "shape": "hv", "width": 2},
+                                     hoverinfo="skip", showlegend=False))
+        limit = part["max_latency_ms"].dropna()
+        if not limit.empty:
+            value = float(limit.iloc[0])
+            xv = value if x == "latency" else 1000.0 / value
+            fig.add_vline(x=xv, line={"color": colour, "dash": "dash"},
+                          annotation_text=f"limit {value:g} ms ({study})", annotation_position="top")
+    if landmarks is not None and not landmarks.empty:
+        fig.add_trace(go.Scatter(
+            x=landmarks[col], y=landmarks["accuracy"], mode="markers+text", name="reference architectures",
+            text=landmarks["landmark"], textposition="top center",
+            marker={"symbol": "star", "size": 14, "color": "#444"},
+            hovertext=[_hover(r) for _, r in landmarks.iterrows()], hoverinfo="text"))
+    fig.update_layout(
+        title="Accuracy (proxy) vs " + ("predicted latency" if x == "latency" else "throughput"),
+        xaxis_title="predicted latency (ms, batch as measured)" if x == "latency" else "throughput (images/s)",
+        yaxis_title="proxy top-1 accuracy (held-out)", template="plotly_white", hovermode="closest",
+        legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def write_html(fig: go.Figure, path: str | Path) -> Path:
+    """Write a self-contained page (plotly.js embedded: it opens offline), atomically."""
+    path = Path(path)
+    _check_dir(path)
+    html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="pareto")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(html)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_png(fig: go.Figure, path: str | Path, width: int = 1100, height: int = 700) -> Path:
+    """A static PNG through kaleido, which needs a Chromium; a clear message when there is none."""
+    path = Path(path)
+    _check_dir(path)
+    try:
+        data = fig.to_image(format="png", width=width, height=height)
+    except Exception as err:
+        raise HilonasError(f"--png {path}: static export needs kaleido and a Chromium browser "
+                           f"({str(err).splitlines()[0][:120]}); install Debian's chromium, or use the HTML page") \
+            from None
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _check_dir(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise HilonasError(f"{path}: folder {parent} does not exist: create it or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise HilonasError(f"{path}: folder {parent} is not writable: choose another path")

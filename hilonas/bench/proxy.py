@@ -1,0 +1,254 @@
+"""``hilonas bench proxy``: how well each accuracy proxy ranks architectures the way a 10x longer training does.
+
+N architectures are sampled from a space (seeded). Each is scored by the short training at the default budget, by
+short trainings at other budgets (to choose the default from figures), by every zero-cost proxy, and by the
+reference: the same recipe trained ``reference_factor`` times longer. Every proxy's Spearman and Kendall tau against
+the reference accuracy is reported with its cost (seconds per architecture, measured in the same run).
+
+Architectures are independent jobs; ``workers`` > 1 runs them in that many processes (one torch thread each by
+default), so the seconds include whatever contention the machine has. ``log`` appends one JSON line per finished
+architecture and lets an interrupted bench resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from hilonas.config import ArchConfig
+from hilonas.errors import HilonasError
+
+__all__ = ["sample_archs", "run_proxy_bench", "format_proxy_bench", "correlations"]
+
+ZC_BATCH = 64
+
+
+class _RandomTrial:
+    """The part of an Optuna trial that ``SearchSpace.sample`` calls, drawing uniformly from a seeded RNG."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.rng.choice(list(choices))
+
+
+def sample_archs(space: Any, n: int, seed: int) -> list[ArchConfig]:
+    """``n`` distinct architectures of ``space`` drawn uniformly at random (fewer if the space is smaller)."""
+    rng = random.Random(seed)
+    archs: list[ArchConfig] = []
+    seen = set()
+    for _ in range(max(100 * n, 1000)):
+        arch = space.sample(_RandomTrial(rng))
+        if arch not in seen:
+            seen.add(arch)
+            archs.append(arch)
+            if len(archs) == n:
+                break
+    return archs
+
+
+def correlations(scores: Sequence[float], reference: Sequence[float]) -> tuple[float, float]:
+    """Spearman rho and Kendall tau-b of ``scores`` against ``reference`` (NaN where undefined)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    if len(scores) < 2 or len(set(scores)) < 2 or len(set(reference)) < 2:
+        return float("nan"), float("nan")
+    return float(spearmanr(scores, reference).statistic), float(kendalltau(scores, reference).statistic)
+
+
+# ----------------------------------------------------------------------------------------------------- workers
+_DATA = None
+
+
+def _init_worker(data_spec: str | None, resolution: int, seed: int) -> None:
+    global _DATA
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from hilonas.proxy.data import load_dataset
+
+    _DATA = load_dataset(data_spec, resolution=resolution, seed=seed)
+
+
+def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: int, threads: int) -> dict[str, Any]:
+    """Every proxy and the reference for one architecture (runs in a worker; the data was loaded once there)."""
+    from hilonas.latency.timing import num_threads
+    from hilonas.proxy.train import adapt_arch, train_proxy
+    from hilonas.proxy.zero_cost import ZERO_COST
+
+    data = _DATA
+    arch = adapt_arch(ArchConfig.from_dict(arch_dict), data)
+    record: dict[str, Any] = {"arch": arch_dict, "describe": arch.describe(), "scores": {}, "seconds": {}, "train": {}}
+    batch = (data.train_x[:ZC_BATCH], data.train_y[:ZC_BATCH])
+    with num_threads(threads):
+        for name, fn in ZERO_COST.items():
+            t0 = time.perf_counter()
+            try:
+                value = fn(arch, batch, seed=seed)
+            except Exception as err:  # a proxy that breaks on one network is reported, not fatal to the bench
+                value, record.setdefault("errors", {})[name] = float("nan"), f"{type(err).__name__}: {err}"
+            record["scores"][name] = value if math.isfinite(value) else None
+            record["seconds"][name] = time.perf_counter() - t0
+    for name, budget in list(budgets.items()) + [("reference", reference)]:
+        result = train_proxy(arch, data, budget, seed=seed, threads=threads)
+        record["train"][name] = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
+        record["scores"][name] = result.accuracy
+        record["seconds"][name] = result.seconds
+        if name == "default":
+            # The same run ranked by held-out loss (lower is better) costs nothing extra.
+            record["scores"]["default_loss"] = -result.val_loss if result.val_loss is not None else None
+            record["seconds"]["default_loss"] = result.seconds
+    return record
+
+
+# --------------------------------------------------------------------------------------------------------- bench
+def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, data: str | None = None,
+                    resolution: int = 32, budget: Any = None, reference_factor: float = 10.0,
+                    extra_epochs: Sequence[float] = (), workers: int = 1, threads: int = 1,
+                    log: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Score ``n`` sampled architectures with every proxy and the reference; return the JSON-able report.
+
+    Args:
+        space: a shipped space name or a space YAML.
+        n: architectures to sample (>= 3).
+        seed: sampling, data split, initialisation and batch order.
+        data: dataset spec (``None`` = the embedded MNIST subset).
+        resolution: proxy resolution.
+        budget: the default proxy budget (``ProxyBudget()`` when None); the reference is ``budget.scaled(factor)``.
+        reference_factor: how much longer the reference trains.
+        extra_epochs: other training budgets (in epochs) to report beside the default.
+        workers: processes scoring architectures side by side.
+        threads: torch threads per worker.
+        log: a JSONL file; records already there (same arch, budgets and seed) are reused, new ones appended.
+        progress: called with one line per finished architecture.
+    """
+    from hilonas.proxy.train import DEFAULT_BUDGET
+    from hilonas.spaces import SearchSpace
+
+    if n < 3:
+        raise HilonasError(f"--n={n}: rank correlations need at least 3 architectures (16 or more to mean much)")
+    if workers < 1 or threads < 1:
+        raise HilonasError("--workers and --threads must be >= 1")
+    if not reference_factor > 1:
+        raise HilonasError(f"--reference-factor={reference_factor} must be > 1")
+    budget = DEFAULT_BUDGET if budget is None else budget
+    sp = SearchSpace.load(space)
+    archs = sample_archs(sp, n, seed)
+    budgets: dict[str, Any] = {"default": budget}
+    for e in extra_epochs:
+        if not e > 0:
+            raise HilonasError(f"--extra-epochs {e}: epochs must be > 0")
+        name = f"train_{e:g}ep"
+        if budget.steps is None and math.isclose(e, budget.epochs):
+            continue
+        budgets[name] = replace(budget, epochs=float(e), steps=None)
+    reference = budget.scaled(reference_factor)
+    setup = {"space": sp.name, "data": data or "default", "resolution": resolution, "seed": seed,
+             "budgets": {k: _budget_dict(v) for k, v in budgets.items()}, "reference": _budget_dict(reference)}
+
+    done: dict[str, dict] = {}
+    log_path = Path(log) if log else None
+    if log_path is not None and log_path.exists():
+        for line in log_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("setup") == setup:
+                done[json.dumps(rec["arch"], sort_keys=True)] = rec
+    todo = [a for a in archs if json.dumps(a.to_dict(), sort_keys=True) not in done]
+    say = progress or (lambda _line: None)
+    t_start = time.perf_counter()
+
+    def finish(rec: dict) -> None:
+        rec["setup"] = setup
+        done[json.dumps(rec["arch"], sort_keys=True)] = rec
+        if log_path is not None:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        s = rec["scores"]
+        say(f"[{len(done)}/{len(archs)}] {rec['describe']}: default {s['default']:.3f} reference "
+            f"{s['reference']:.3f} ({rec['seconds']['default']:.1f} s + {rec['seconds']['reference']:.1f} s)")
+
+    if todo:
+        if workers == 1:
+            _init_worker(data, resolution, seed)
+            for arch in todo:
+                finish(_score_arch(arch.to_dict(), budgets, reference, seed, threads))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(data, resolution, seed)) as pool:
+                futures = [pool.submit(_score_arch, a.to_dict(), budgets, reference, seed, threads) for a in todo]
+                for fut in as_completed(futures):
+                    finish(fut.result())
+    records = [done[json.dumps(a.to_dict(), sort_keys=True)] for a in archs]
+    return _report(records, setup, budget, reference, reference_factor, workers, threads, time.perf_counter() - t_start)
+
+
+def _budget_dict(b: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(b)
+
+
+def _report(records: list[dict], setup: dict, budget: Any, reference: Any, reference_factor: float, workers: int,
+            threads: int, wall: float) -> dict[str, Any]:
+    ref = [r["scores"]["reference"] for r in records]
+    names = [k for k in records[0]["scores"] if k != "reference"]
+    proxies: dict[str, Any] = {}
+    for name in names:
+        values = [r["scores"].get(name) for r in records]
+        keep = [(v, t) for v, t in zip(values, ref) if v is not None]
+        rho, tau = correlations([v for v, _ in keep], [t for _, t in keep])
+        proxies[name] = {"spearman": _clean(rho), "kendall": _clean(tau),
+                         "seconds_per_arch": sum(r["seconds"][name] for r in records) / len(records),
+                         "scored": len(keep)}
+    ref_secs = sum(r["seconds"]["reference"] for r in records) / len(records)
+    ref_epochs = reference.epochs if reference.steps is None else None
+    failed = sum(1 for r in records for t in r["train"].values() if t.get("failed"))
+    return {
+        "n": len(records), "reference_epochs": ref_epochs, "reference_steps": reference.steps,
+        "reference_factor": reference_factor, "default_budget": _budget_dict(budget),
+        "reference_seconds_per_arch": ref_secs,
+        "reference_accuracy": {"min": min(ref), "max": max(ref), "mean": sum(ref) / len(ref)},
+        "proxies": proxies, "failed_trainings": failed, "workers": workers, "threads": threads,
+        "wall_seconds": wall, **{k: v for k, v in setup.items() if k not in ("budgets", "reference")},
+        "archs": [{"arch": r["describe"], "scores": r["scores"], "seconds": r["seconds"]} for r in records],
+    }
+
+
+def _clean(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(v, 4)
+
+
+def format_proxy_bench(report: dict[str, Any]) -> str:
+    """The report as a table: proxy, Spearman, Kendall, seconds per architecture, cost relative to the reference."""
+    ref_s = report["reference_seconds_per_arch"]
+    ref_len = (f"{report['reference_epochs']:g} epochs" if report["reference_epochs"] is not None
+               else f"{report['reference_steps']} steps")
+    ref_len += f" = {report['reference_factor']:g}x the default"
+    lines = [f"proxy fidelity on {report['space']} / {report['data']} at {report['resolution']}px: "
+             f"{report['n']} architectures, seed {report['seed']}, reference = {ref_len} "
+             f"({ref_s:.1f} s/arch, accuracy {report['reference_accuracy']['min']:.3f}-"
+             f"{report['reference_accuracy']['max']:.3f}), {report['workers']} worker(s) x {report['threads']} "
+             "thread(s)",
+             f"{'proxy':16s} {'spearman':>9s} {'kendall':>8s} {'s/arch':>8s} {'cost':>7s}"]
+
+    def fmt(v: float | None) -> str:
+        return f"{v:9.3f}" if v is not None else f"{'n/a':>9s}"
+
+    for name, p in sorted(report["proxies"].items(), key=lambda kv: -(kv[1]["spearman"] or -9)):
+        lines.append(f"{name:16s} {fmt(p['spearman'])} {fmt(p['kendall'])[1:]} {p['seconds_per_arch']:8.2f} "
+                     f"{p['seconds_per_arch'] / ref_s:7.1%}")
+    if report["failed_trainings"]:
+        lines.append(f"{report['failed_trainings']} training run(s) failed (scored as accuracy 0)")
+    lines.append(f"wall time {report['wall_seconds']:.0f} s")
+    return "\n".join(lines)

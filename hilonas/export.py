@@ -1,0 +1,193 @@
+"""Export the architecture a user picks from a study: a config with provenance, re-measured latency, weights, ONNX.
+
+The exported ``arch.yaml`` builds the same model with ``hilonas.create_model(path)`` and with
+``timm.create_model('hilonas_arch', config=path)``. Everything is written into a temporary folder first and renamed
+into place at the end, so a failed export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hilonas import __version__
+from hilonas.config import ArchConfig
+from hilonas.errors import HilonasError
+
+WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
+
+
+def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: float | None = None,
+                 min_accuracy: float | None = None) -> pd.Series:
+    """The row to export: a trial number, the most accurate under a latency, or the fastest above an accuracy."""
+    chosen = [x is not None for x in (trial, max_latency_ms, min_accuracy)]
+    if sum(chosen) != 1:
+        raise HilonasError("choose what to export with exactly one of --trial N, --max-latency-ms X, --min-accuracy A")
+    usable = df[(df["state"] == "COMPLETE") & df["feasible"] & df["accuracy"].notna() & df["landmark"].isna()]
+    if trial is not None:
+        rows = df[df["number"] == trial]
+        if rows.empty:
+            raise HilonasError(f"--trial={trial} is out of range: the study has trials 0..{int(df['number'].max())}"
+                               if len(df) else f"--trial={trial}: the study has no trials")
+        row = rows.iloc[0]
+        if row["state"] != "COMPLETE" or pd.isna(row["accuracy"]) or row.get("skipped"):
+            why = row.get("fail_reason") or row.get("skipped") or row["state"].lower()
+            raise HilonasError(f"--trial={trial} has no result to export ({why}): pick a finished trial "
+                               "(hilonas results STUDY lists them)")
+        return row
+    if max_latency_ms is not None:
+        ok = usable[usable["latency_ms"] <= max_latency_ms]
+        if ok.empty:
+            fastest = usable["latency_ms"].min() if not usable.empty else float("nan")
+            raise HilonasError(f"--max-latency-ms={max_latency_ms:g}: no finished trial is that fast (the fastest "
+                               f"predicts {fastest:.3g} ms): raise the limit")
+        return ok.sort_values(["accuracy", "latency_ms"], ascending=[False, True], kind="stable").iloc[0]
+    ok = usable[usable["accuracy"] >= min_accuracy]
+    if ok.empty:
+        best = usable["accuracy"].max() if not usable.empty else float("nan")
+        raise HilonasError(f"--min-accuracy={min_accuracy:g}: no finished trial is that accurate (the best reaches "
+                           f"{best:.4f}): lower the threshold")
+    return ok.sort_values(["latency_ms", "accuracy"], ascending=[True, False], kind="stable").iloc[0]
+
+
+def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, *, weights: bool = False,
+                 onnx: bool = False, measure: bool = True, epochs: float | None = None,
+                 data_spec: str | None = None) -> dict[str, Any]:
+    """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise HilonasError(f"--out {out_dir} exists and is not an empty folder: choose a new folder")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HilonasError(f"--out {out_dir}: folder {parent} cannot be created ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise HilonasError(f"--out {out_dir}: folder {parent} is not writable: choose another place")
+
+    arch = ArchConfig.from_dict(row["arch"])
+    provenance: dict[str, Any] = {
+        "study": row["study"], "trial": int(row["number"]), "hilonas_version": __version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "space": settings.get("space"), "target": settings.get("target"),
+        "fingerprint_id": settings.get("fingerprint_id"), "fingerprint": settings.get("fingerprint"),
+        "predicted_latency_ms": float(row["latency_ms"]), "throughput": float(row["throughput"]),
+        "proxy_accuracy": float(row["accuracy"]), "flops": _int(row.get("flops")), "params": _int(row.get("params")),
+        "proxy": {"data": settings.get("data"), "resolution": settings.get("resolution"),
+                  "budget": settings.get("budget"), "seed": settings.get("seed")},
+    }
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        if measure:
+            provenance["measurement"] = remeasure(arch, settings)
+        if weights:
+            arch, provenance["weights"] = _train_weights(arch, settings, tmp, epochs, data_spec)
+        if onnx:
+            provenance["onnx"] = export_onnx(arch, tmp / "model.onnx",
+                                             tmp / "weights.safetensors" if weights else None)
+        doc = {"arch": arch.to_dict(), "provenance": provenance}
+        import yaml
+
+        (tmp / "arch.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False,
+                                                      default_flow_style=None))
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return provenance
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+def remeasure(arch: ArchConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """Measure the network whole on this machine when it is the study's target; say so when it is not."""
+    from hilonas.latency.fingerprint import Fingerprint, current_fingerprint
+    from hilonas.latency.measure import measure_arch
+
+    stored = settings.get("fingerprint")
+    if not stored:
+        return {"measured": False, "reason": "the study records no target fingerprint"}
+    target = Fingerprint.from_dict(stored)
+    try:
+        here = current_fingerprint(settings.get("target", "cpu"), threads=target.threads, batch=target.batch,
+                                   resolution=target.resolution)
+    except HilonasError as err:
+        return {"measured": False, "reason": str(err)}
+    if here.id != target.id:
+        return {"measured": False, "reason": f"this machine is not the target ({target.describe_diff(here)})"}
+    timing = measure_arch(arch, target)
+    return {"measured": True, "measured_latency_ms": timing.median_ms, "spread": timing.spread, "runs": timing.runs,
+            "noisy": timing.noisy}
+
+
+def _train_weights(arch: ArchConfig, settings: dict[str, Any], folder: Path, epochs: float | None,
+                   data_spec: str | None) -> tuple[ArchConfig, dict[str, Any]]:
+    from safetensors.torch import save_file
+
+    from hilonas.proxy.data import load_dataset
+    from hilonas.proxy.train import ProxyBudget, adapt_arch, train_proxy
+
+    budget = ProxyBudget(**(settings.get("budget") or {}))
+    if epochs is not None:
+        budget = replace(budget, epochs=epochs, steps=None)
+    spec = data_spec if data_spec is not None else _data_spec(settings.get("data"))
+    data = load_dataset(spec, resolution=int(settings.get("resolution") or 32), seed=int(settings.get("seed", 0)))
+    result = train_proxy(arch, data, budget, seed=int(settings.get("seed", 0)), return_model=True)
+    if result.failed:
+        raise HilonasError(f"--weights: training failed ({result.reason}); try fewer --epochs or another seed")
+    trained = replace(adapt_arch(arch, data), img_size=arch.img_size)
+    save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(folder / "weights.safetensors"))
+    return trained, {"file": "weights.safetensors", "data": data.name, "resolution": data.resolution,
+                     "accuracy": result.accuracy, "epochs": result.epochs, "steps": result.steps}
+
+
+def _data_spec(name: str | None) -> str | None:
+    """The load_dataset spec for a dataset name stored in a study ('mnist5k', 'folder:/x', 'cifar10:/y')."""
+    if name is None or name in ("mnist5k", "default"):
+        return None
+    if name.startswith("folder:"):
+        return name[len("folder:"):]
+    return name
+
+
+def export_onnx(arch: ArchConfig, path: Path, weights: Path | None = None) -> dict[str, Any]:
+    """Export to ONNX and check it with onnxruntime against PyTorch on a random input (max abs diff)."""
+    import numpy as np
+    import torch
+
+    from hilonas.models import HiLoNet
+
+    model = HiLoNet(arch).eval()
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(weights)))
+    # The TorchScript exporter mistranslates fused SDPA; the explicit path is the same maths and ONNX Runtime fuses it.
+    model.set_fused(False)
+    x = torch.randn(1, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(0))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x.numpy()})[0]
+    with torch.inference_mode():
+        want = model(x).numpy()
+    diff = float(np.abs(got - want).max())
+    return {"file": path.name, "opset": 17, "max_abs_diff": diff, "onnxruntime": ort.__version__}

@@ -1,0 +1,492 @@
+"""Build, complete and validate the latency table of a search space on this machine.
+
+- :func:`build_table`: measure every distinct block of the space that the table lacks (a rich progress bar with ETA;
+  saved after every group of blocks, so an interrupted build resumes where it stopped), then measure a few whole
+  networks and fit the table's calibration on them.
+- :func:`ensure_table`: what a search calls before it starts: builds what is missing, silent when the table is complete.
+- :func:`validate_table`: sample networks the calibration never saw, measure them whole with the same harness and
+  report how far the predictions are off.
+
+Measurement protocol (the same for blocks and whole networks, recorded in the table's ``settings``): blocks are timed in
+groups, each group in ``rounds`` round-robin passes of the timing harness (:func:`hilonas.latency.timing.time_rounds`),
+each figure the median of ``repeats`` calls of the pass least disturbed by other processes. Shape-preserving blocks are
+timed as a chain of ``chain`` distinct copies (see :mod:`hilonas.latency.measure`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from hilonas.config import ArchConfig
+from hilonas.errors import HilonasError
+from hilonas.latency.fingerprint import Fingerprint
+from hilonas.latency.keys import BlockKey
+from hilonas.latency.predictor import LatencyPredictor, MissingBlockError, block_group
+from hilonas.latency.table import DEFAULT_TABLES_DIR, LatencyTable
+from hilonas.spaces import SearchSpace
+
+__all__ = ["build_table", "ensure_table", "validate_table", "sample_archs", "space_at", "fit_calibration",
+           "spearman", "DEFAULT_SETTINGS", "machine_busy"]
+
+DEFAULT_SETTINGS: dict[str, Any] = {"warmup": 5, "repeats": 30, "max_spread": 0.1, "max_attempts": 3, "rounds": 3,
+                                    "chain": 3, "group": 8}
+DEFAULT_CALIB_NETWORKS = 16
+_TIMING_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+class _RandomTrial:
+    """The slice of Optuna's trial API that ``SearchSpace.sample`` calls, drawing uniformly with a seeded RNG."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.rng.choice(list(choices))
+
+
+def space_at(space: SearchSpace, resolution: int) -> SearchSpace:
+    """``space`` with ``img_size = resolution`` (re-validated), or ``space`` itself when it already is."""
+    if space.fixed.get("img_size", 224) == resolution:
+        return space
+    data = {"name": space.name, "description": space.description, "fixed": {**space.fixed, "img_size": resolution},
+            "stages": [{k: list(v) for k, v in st.items()} for st in space.stages]}
+    return SearchSpace.from_dict(data, source=f"{space.source or space.name} at {resolution} px")
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int | str, exclude: set[ArchConfig] | None = None) -> list[ArchConfig]:
+    """``n`` distinct architectures drawn uniformly from ``space`` with ``seed``, none of them in ``exclude``."""
+    rng = random.Random(seed)
+    seen: set[ArchConfig] = set(exclude or ())
+    out: list[ArchConfig] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise HilonasError(f"space {space.name} has fewer than {n} distinct architectures to sample "
+                               f"(found {len(out)}): ask for fewer")
+        arch = space.sample(_RandomTrial(rng))
+        if arch not in seen:
+            seen.add(arch)
+            out.append(arch)
+    return out
+
+
+def machine_busy(seconds: float = 0.3) -> float | None:
+    """Share of the machine's CPU time other work used over ``seconds`` (0..1), from /proc/stat; None elsewhere."""
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                parts = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+        return sum(parts[:8]), idle
+
+    a = read()
+    if a is None:
+        return None
+    time.sleep(seconds)
+    b = read()
+    if b is None or b[0] == a[0]:
+        return None
+    return max(0.0, min(1.0, 1.0 - (b[1] - a[1]) / (b[0] - a[0])))
+
+
+def _model_code_hash() -> str:
+    """Hash of the source that decides what a block computes (layers and model), to tell stale tables apart."""
+    import hilonas.layers
+    import hilonas.models.hilonet
+
+    h = hashlib.sha256()
+    files = sorted(Path(hilonas.layers.__file__).parent.glob("*.py")) + [Path(hilonas.models.hilonet.__file__)]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _settings(**overrides: Any) -> dict[str, Any]:
+    unknown = set(overrides) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown measurement setting {sorted(unknown)[0]!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+    s = {**DEFAULT_SETTINGS, **{k: v for k, v in overrides.items() if v is not None}}
+    for name in ("repeats", "max_attempts", "rounds", "chain", "group"):
+        if not isinstance(s[name], int) or s[name] < 1:
+            raise HilonasError(f"{name}={s[name]!r} must be an integer >= 1")
+    if not isinstance(s["warmup"], int) or s["warmup"] < 0:
+        raise HilonasError(f"warmup={s['warmup']!r} must be an integer >= 0")
+    return s
+
+
+def _progress(enabled: bool):
+    """A rich Progress on stderr (bar, count, elapsed, ETA), or a no-op stand-in."""
+    if not enabled:
+        return _NoProgress()
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+class _NoProgress:
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _timing_kw(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: settings[k] for k in _TIMING_KEYS}
+
+
+def _measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, settings: dict[str, Any]) -> list[Any]:
+    """Time ``keys`` together (round-robin passes); per-block Timings, chained blocks divided by the chain."""
+    from hilonas.latency.measure import _device_of, block_module
+    from hilonas.latency.timing import time_rounds
+
+    dev = _device_of(fp)
+    fns, chains = [], []
+    for key in keys:
+        n = settings["chain"] if key.kind == "block" else 1
+        module, inputs = block_module(key, batch=fp.batch, chain=n, device=dev)
+        fns.append(lambda m=module, i=inputs: m(*i))
+        chains.append(n)
+    timings = time_rounds(fns, rounds=settings["rounds"], threads=fp.threads if dev == "cpu" else None, device=dev,
+                          **_timing_kw(settings))
+    for t, n in zip(timings, chains):
+        if n > 1:
+            t.median_ms /= n
+            t.samples_ms = [s / n for s in t.samples_ms]
+    return timings
+
+
+def _measure_networks(archs: Sequence[ArchConfig], fp: Fingerprint, settings: dict[str, Any],
+                      on_done: Callable[[], None] | None = None) -> list[Any]:
+    """Whole-network Timings for ``archs`` with the blocks' protocol, in groups (models built per group)."""
+    from hilonas.latency.measure import _device_of, build_arch_model
+    from hilonas.latency.timing import time_rounds
+
+    dev = _device_of(fp)
+    out = []
+    for group in _chunks(list(archs), settings["group"]):
+        models = [build_arch_model(a, fp) for a in group]
+        fns = [lambda m=m, x=x: m(x) for m, x in models]
+        out += time_rounds(fns, rounds=settings["rounds"], threads=fp.threads if dev == "cpu" else None, device=dev,
+                           **_timing_kw(settings))
+        del models, fns
+        if on_done is not None:
+            for _ in group:
+                on_done()
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- calibration
+def _groups_of(raw: dict[str, float]) -> dict[str, float]:
+    """Fold raw group sums into the fitted groups: each 'block:<mixer>' alone, stem + merge + head as 'other'."""
+    out: dict[str, float] = {}
+    for g, v in raw.items():
+        name = g if g.startswith("block:") else "other"
+        out[name] = out.get(name, 0.0) + v
+    return out
+
+
+def _wls(rows: list[list[float]], measured: list[float]) -> list[float] | None:
+    """Least squares on relative error: minimise sum(((rows_i . c) / m_i - 1)^2). None when singular."""
+    import numpy as np
+
+    a = np.asarray(rows, dtype=float) / np.asarray(measured, dtype=float)[:, None]
+    y = np.ones(len(measured))
+    coef, _, rank, _ = np.linalg.lstsq(a, y, rcond=None)
+    if rank < a.shape[1] or not np.all(np.isfinite(coef)):
+        return None
+    return [float(c) for c in coef]
+
+
+def _calibration_models(groups: list[str]) -> dict[str, Callable[[dict[str, float]], list[float]]]:
+    """Candidate calibrations as design rows: scale; scale + intercept; a scale per group + intercept."""
+    return {
+        "scale": lambda g: [sum(g.values())],
+        "affine": lambda g: [sum(g.values()), 1.0],
+        "group_affine": lambda g: [g.get(name, 0.0) for name in groups] + [1.0],
+    }
+
+
+def _to_calibration(model: str, coef: list[float], groups: list[str]) -> dict[str, Any]:
+    if model == "scale":
+        return {"method": model, "scale": coef[0], "intercept_ms": 0.0, "group_scale": {}}
+    if model == "affine":
+        return {"method": model, "scale": coef[0], "intercept_ms": coef[1], "group_scale": {}}
+    scales = dict(zip(groups, coef[:-1]))
+    other = scales.pop("other", 1.0)
+    group_scale = {**scales, "stem": other, "merge": other, "head": other}
+    return {"method": model, "scale": 1.0, "intercept_ms": coef[-1], "group_scale": group_scale}
+
+
+def fit_calibration(raw_by_group: list[dict[str, float]], measured_ms: list[float]) -> dict[str, Any]:
+    """Fit the calibration on whole networks: ``raw_by_group[i]`` (raw ms by block group) vs ``measured_ms[i]``.
+
+    Candidates are a scale, a scale plus intercept, and a scale per group (each mixer's blocks; stem + merges + head
+    together) plus intercept, all fitted by least squares on the relative error. The candidate with the lowest
+    leave-one-out mean absolute relative error wins (a model with more parameters must earn its place on networks it
+    did not see); a candidate with a non-positive scale, or more parameters than a third of the networks, is skipped.
+    Returns the calibration dict the predictor reads, with the fit's figures.
+    """
+    n = len(measured_ms)
+    if n == 0:
+        raise HilonasError("calibration needs at least one measured network")
+    folded = [_groups_of(r) for r in raw_by_group]
+    groups = sorted({g for r in folded for g in r})
+    candidates = _calibration_models(groups)
+    scores: dict[str, float] = {}
+    fitted: dict[str, list[float]] = {}
+    for name, design in candidates.items():
+        rows = [design(g) for g in folded]
+        params = len(rows[0])
+        if name != "scale" and n < 3 * params:
+            continue
+        coef = _wls(rows, measured_ms)
+        if coef is None or any(c <= 0 for c in (coef if name == "group_affine" else coef[:1])):
+            continue
+        if name == "group_affine" and any(c <= 0 for c in coef[:-1]):
+            continue
+        errors = []
+        for i in range(n):  # leave-one-out
+            keep = [j for j in range(n) if j != i]
+            c = _wls([rows[j] for j in keep], [measured_ms[j] for j in keep]) if n > params else coef
+            if c is None:
+                errors.append(float("inf"))
+                continue
+            pred = sum(a * b for a, b in zip(rows[i], c))
+            errors.append(abs(pred / measured_ms[i] - 1))
+        scores[name] = sum(errors) / n
+        fitted[name] = coef
+    if not fitted:
+        raw = [sum(g.values()) for g in folded]
+        fitted["scale"] = [sum(m / r for m, r in zip(measured_ms, raw)) / n]
+        scores["scale"] = float("nan")
+    best = min(fitted, key=lambda k: scores[k] if math.isfinite(scores[k]) else float("inf"))
+    cal = _to_calibration(best, fitted[best], groups)
+    cal["loo_mape"] = {k: round(v, 5) for k, v in scores.items()}
+    return cal
+
+
+# --------------------------------------------------------------------------------------------------------- build
+def _open(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path, force: bool) -> tuple[SearchSpace, LatencyTable]:
+    if fp.resolution != space.fixed.get("img_size", 224):
+        space = space_at(space, fp.resolution)
+    return space, LatencyTable.open(fp, tables_dir, force=force)
+
+
+def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path = DEFAULT_TABLES_DIR,
+                calib_networks: int = DEFAULT_CALIB_NETWORKS, progress: bool = True, force: bool = False,
+                recalibrate: bool = False, seed: int = 0,
+                on_block: Callable[[BlockKey], None] | None = None, **settings: Any) -> LatencyTable:
+    """Measure the blocks of ``space`` the table of ``fp`` lacks, then (re)fit its calibration. Returns the table.
+
+    Args:
+        space: the search space (its blocks at ``fp.resolution``).
+        fp: the target; must be this machine's (measurements run here).
+        tables_dir: where the table file lives.
+        calib_networks: whole networks measured to fit the calibration (0: no calibration).
+        progress: show a rich progress bar with ETA on stderr.
+        force: use an existing table file even if its fingerprint differs.
+        recalibrate: refit the calibration even when the table already has one and no block was added.
+        seed: seed of the calibration networks' sampling.
+        on_block: called with each key after it is stored (tests use it to interrupt a build).
+        **settings: measurement settings (warmup, repeats, max_spread, max_attempts, rounds, chain, group);
+            those of an existing table are kept unless given.
+
+    The table is saved after every group of blocks, so an interrupted build loses at most one group. The returned
+    table has ``build_stats``: blocks_total, blocks_measured, networks_measured, seconds, calibration method.
+    """
+    started = time.perf_counter()
+    space, table = _open(space, fp, tables_dir, force)
+    base = {k: table.settings[k] for k in DEFAULT_SETTINGS if k in table.settings}
+    merged = _settings(**{**base, **{k: v for k, v in settings.items() if v is not None}})
+    keys = space.enumerate_blocks()
+    missing = table.missing(keys)
+    busy = machine_busy() if missing or calib_networks else None
+    if merged != base or not table.settings:
+        table.set_settings({**table.settings, **merged, "statistic": "median of the least disturbed of `rounds` "
+                            "passes", "model_code": _model_code_hash()})
+    if busy is not None and busy > 0.25:
+        print(f"warning: other processes are using {busy:.0%} of the CPUs; timings will be noisy "
+              "(measure on an idle machine for a table you keep)", file=sys.stderr)
+    measured = 0
+    need_cal = calib_networks > 0 and (recalibrate or missing or table.calibration is None)
+    with _progress(progress and bool(missing or need_cal)) as bar:
+        if missing:
+            task = bar.add_task(f"blocks of {space.name}", total=len(missing))
+            for group in _chunks(missing, merged["group"]):
+                timings = _measure_blocks(group, fp, merged)
+                for key, t in zip(group, timings):
+                    table.add(key, t, chain=merged["chain"] if key.kind == "block" else 1)
+                    measured += 1
+                table.save()
+                for key in group:
+                    bar.advance(task)
+                    if on_block is not None:
+                        on_block(key)
+        if need_cal:
+            task = bar.add_task("calibration networks", total=calib_networks)
+            _calibrate(table, space, fp, merged, calib_networks, seed, lambda: bar.advance(task))
+            table.save()
+    if not table.path.exists():
+        table.save()
+    table.build_stats = {"blocks_total": len(keys), "blocks_measured": measured,
+                         "networks_measured": calib_networks if need_cal else 0,
+                         "seconds": round(time.perf_counter() - started, 2),
+                         "calibration": (table.calibration or {}).get("method"), "machine_busy": busy,
+                         "path": str(table.path)}
+    return table
+
+
+def _calibrate(table: LatencyTable, space: SearchSpace, fp: Fingerprint, settings: dict[str, Any], n: int, seed: int,
+               on_done: Callable[[], None]) -> None:
+    archs = sample_archs(space, n, f"calibration:{seed}")
+    timings = _measure_networks(archs, fp, settings, on_done)
+    predictor = LatencyPredictor(table)
+    raw = [predictor.breakdown(a) for a in archs]
+    measured = [t.median_ms for t in timings]
+    cal = fit_calibration(raw, measured)
+    cal.update({
+        "fitted_on": len(archs),
+        "seed": seed,
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "networks": [{"arch": a.to_dict(), "describe": a.describe(), "measured_ms": round(t.median_ms, 4),
+                      "raw_ms": round(sum(r.values()), 4), "spread": round(t.spread, 4)}
+                     for a, t, r in zip(archs, timings, raw)],
+    })
+    table.set_calibration(cal)
+
+
+def ensure_table(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR, *,
+                 progress: bool = False, force: bool = False, **kwargs: Any) -> LatencyTable:
+    """The complete table of ``space`` on ``fp``: built (or completed) when blocks or the calibration are missing.
+
+    Silent and measurement-free when the table is already complete; ``kwargs`` go to :func:`build_table`.
+    """
+    space_r, table = _open(space, fp, tables_dir, force)
+    calib = kwargs.get("calib_networks", DEFAULT_CALIB_NETWORKS)
+    if not table.missing(space_r.enumerate_blocks()) and (table.calibration is not None or not calib):
+        table.build_stats = {"blocks_total": len(table.entries), "blocks_measured": 0, "networks_measured": 0,
+                             "seconds": 0.0, "calibration": (table.calibration or {}).get("method"),
+                             "path": str(table.path)}
+        return table
+    return build_table(space, fp, tables_dir=tables_dir, progress=progress, force=force, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------ validate
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan for fewer than two points or a constant side."""
+    if len(a) != len(b):
+        raise ValueError("spearman needs two sequences of equal length")
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return float("nan") if va == 0 or vb == 0 else cov / math.sqrt(va * vb)
+
+
+def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int = 0, *,
+                   tables_dir: str | Path = DEFAULT_TABLES_DIR, table: LatencyTable | None = None,
+                   progress: bool = True, force: bool = False, **settings: Any) -> dict[str, Any]:
+    """Measure ``n`` random networks of ``space`` whole and compare with the table's predictions.
+
+    Networks are drawn with ``seed``, skipping those the calibration was fitted on, and measured with the table's
+    own protocol (settings given here override it). Blocks missing from the table raise :class:`MissingBlockError`.
+
+    Returns:
+        ``{"n", "within_5", "within_10" (shares of networks, 0..1), "mape", "max_ape" (absolute relative errors,
+        0.05 = 5%), "spearman", "bias" (mean signed error), "seconds", "table", "rows": [per network: arch,
+        predicted_ms, measured_ms, raw_ms, error, spread]}``.
+    """
+    if n < 1:
+        raise HilonasError(f"--n={n} must be >= 1")
+    started = time.perf_counter()
+    space_r = space_at(space, fp.resolution)
+    if table is None:
+        table = LatencyTable.open(fp, tables_dir, force=force)
+    if not table.entries:
+        raise HilonasError(f"latency table {table.path} has no entries: build it first with "
+                           f"`hilonas latency build --space {space.name}`")
+    cal_archs = set()
+    for net in (table.calibration or {}).get("networks", []):
+        try:
+            cal_archs.add(ArchConfig.from_dict(net["arch"]).canonical())
+        except (HilonasError, KeyError, TypeError):
+            continue
+    archs = sample_archs(space_r, n, seed, exclude=cal_archs)
+    predictor = LatencyPredictor(table)
+    for a in archs:  # fail before measuring anything
+        missing = predictor.missing(a)
+        if missing:
+            raise MissingBlockError(missing[0], table)
+    base = {k: table.settings[k] for k in DEFAULT_SETTINGS if k in table.settings}
+    merged = _settings(**{**base, **{k: v for k, v in settings.items() if v is not None}})
+    busy = machine_busy()
+    with _progress(progress) as bar:
+        task = bar.add_task("validation networks", total=n)
+        timings = _measure_networks(archs, fp, merged, lambda: bar.advance(task))
+    rows = []
+    for a, t in zip(archs, timings):
+        pred = predictor.predict(a)
+        rows.append({"arch": a.describe(), "predicted_ms": round(pred, 4), "measured_ms": round(t.median_ms, 4),
+                     "raw_ms": round(predictor.predict_raw(a), 4), "error": round(pred / t.median_ms - 1, 5),
+                     "spread": round(t.spread, 4), "noisy": t.noisy})
+    errors = [abs(r["error"]) for r in rows]
+    result = {
+        "n": n,
+        "within_5": sum(e <= 0.05 for e in errors) / n,
+        "within_10": sum(e <= 0.10 for e in errors) / n,
+        "mape": sum(errors) / n,
+        "max_ape": max(errors),
+        "spearman": spearman([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+        "bias": sum(r["error"] for r in rows) / n,
+        "calibration": (table.calibration or {}).get("method"),
+        "machine_busy": busy,
+        "seconds": round(time.perf_counter() - started, 2),
+        "table": str(table.path),
+        "rows": rows,
+    }
+    return result

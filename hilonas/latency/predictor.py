@@ -1,0 +1,138 @@
+"""Predict a network's latency from a LatencyTable: the sum of its blocks, corrected by the table's calibration.
+
+``predict_raw(arch)`` is the plain sum over the blocks the network runs (each block's median times how often it
+runs). ``predict(arch)`` applies the calibration fitted on whole networks measured on the same target::
+
+    predicted_ms = intercept_ms + scale * sum_g(group_scale[g] * raw_g)
+
+where ``raw_g`` is the plain sum over the blocks of group ``g`` (:func:`block_group`: 'stem', 'merge', 'head',
+'block:<mixer>'); a group missing from ``group_scale`` has scale 1. A table without calibration predicts the raw sum.
+
+Lookups are precomputed per :class:`BlockKey` and the block lists cached per ArchConfig, so a prediction costs
+microseconds and imports no torch. A block missing from the table raises :class:`MissingBlockError` naming it
+(never counted as zero), unless the predictor was made with ``measure_missing=True``, which measures the block on
+this machine, adds it to the table and saves it.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hilonas.config import ArchConfig
+from hilonas.errors import HilonasError
+from hilonas.latency.keys import BlockKey, arch_blocks
+from hilonas.latency.table import LatencyTable
+
+__all__ = ["LatencyPredictor", "MissingBlockError", "block_group", "apply_calibration"]
+
+_CACHE_LIMIT = 100_000
+
+
+class MissingBlockError(HilonasError):
+    """A block of the architecture has no entry in the latency table."""
+
+    def __init__(self, key: BlockKey, table: LatencyTable | None = None) -> None:
+        self.key = key
+        where = f" {table.path}" if table is not None else ""
+        super().__init__(f"block {key.id} is missing from latency table{where}: run `hilonas latency build` for this "
+                         "space and target, or predict with measure_missing=True")
+
+
+def block_group(key: BlockKey) -> str:
+    """The calibration group of a block: 'stem', 'merge', 'head' or 'block:<mixer>'."""
+    return f"block:{key.mixer}" if key.kind == "block" else key.kind
+
+
+def apply_calibration(calibration: dict[str, Any] | None, raw_by_group: dict[str, float]) -> float:
+    """``intercept_ms + scale * sum_g(group_scale[g] * raw_g)``; the plain sum when ``calibration`` is None."""
+    if not calibration:
+        return float(sum(raw_by_group.values()))
+    gs = calibration.get("group_scale") or {}
+    total = sum(gs.get(g, 1.0) * v for g, v in raw_by_group.items())
+    return float(calibration.get("intercept_ms", 0.0) + calibration.get("scale", 1.0) * total)
+
+
+class LatencyPredictor:
+    """Latency of an ArchConfig (ms) from a :class:`LatencyTable`.
+
+    Args:
+        table: the table (its calibration is read once, here; make a new predictor after re-calibrating).
+        measure_missing: measure a missing block on this machine (with the table's settings), add it to the table and
+            save, instead of raising :class:`MissingBlockError`. Needs torch and the table's hardware.
+    """
+
+    def __init__(self, table: LatencyTable, *, measure_missing: bool = False) -> None:
+        self.table = table
+        self.measure_missing = measure_missing
+        self.calibration = table.calibration
+        cal = self.calibration or {}
+        self._scale = float(cal.get("scale", 1.0)) if cal else 1.0
+        self._intercept = float(cal.get("intercept_ms", 0.0)) if cal else 0.0
+        self._group_scale = dict(cal.get("group_scale") or {}) if cal else {}
+        self._raw: dict[BlockKey, float] = {}  # per key: stored median (ms)
+        self._weighted: dict[BlockKey, float] = {}  # per key: median * group scale
+        for kid in table.entries:
+            self._remember(table.key_of(kid))
+        self._archs: dict[ArchConfig, tuple[float, float]] = {}
+
+    def _remember(self, key: BlockKey) -> None:
+        ms = self.table.latency_ms(key)
+        self._raw[key] = ms
+        self._weighted[key] = ms * self._group_scale.get(block_group(key), 1.0)
+
+    def _blocks(self, arch: ArchConfig) -> Counter[BlockKey]:
+        return arch_blocks(arch)
+
+    def _sums(self, arch: ArchConfig) -> tuple[float, float]:
+        cached = self._archs.get(arch)
+        if cached is not None:
+            return cached
+        raw = weighted = 0.0
+        for key, n in self._blocks(arch).items():
+            ms = self._raw.get(key)
+            if ms is None:
+                self._fill(key)
+                ms = self._raw[key]
+            raw += n * ms
+            weighted += n * self._weighted[key]
+        if len(self._archs) >= _CACHE_LIMIT:
+            self._archs.clear()
+        self._archs[arch] = (raw, weighted)
+        return raw, weighted
+
+    def _fill(self, key: BlockKey) -> None:
+        if key.id in self.table.entries:  # added to the table after this predictor was made
+            self._remember(key)
+            return
+        if not self.measure_missing:
+            raise MissingBlockError(key, self.table)
+        from hilonas.latency.measure import measure_block, timing_settings
+
+        settings = self.table.settings or {}
+        kw = {k: settings[k] for k in ("warmup", "repeats", "max_spread", "max_attempts") if k in settings}
+        timing = measure_block(key, self.table.fingerprint, chain=settings.get("chain"), **timing_settings(**kw))
+        self.table.add(key, timing, source="measure_missing")
+        self.table.save()
+        self._remember(key)
+
+    def predict_raw(self, arch: ArchConfig) -> float:
+        """Plain sum of the blocks' medians (ms), no calibration."""
+        return self._sums(arch)[0]
+
+    def predict(self, arch: ArchConfig) -> float:
+        """Calibrated latency (ms) of ``arch`` on the table's hardware."""
+        return self._intercept + self._scale * self._sums(arch)[1]
+
+    def breakdown(self, arch: ArchConfig) -> dict[str, float]:
+        """Raw milliseconds by calibration group (stem, block:<mixer>, merge, head)."""
+        out: dict[str, float] = {}
+        for key, n in self._blocks(arch).items():
+            if key not in self._raw:
+                self._fill(key)
+            g = block_group(key)
+            out[g] = out.get(g, 0.0) + n * self._raw[key]
+        return out
+
+    def missing(self, arch: ArchConfig) -> list[BlockKey]:
+        """The blocks of ``arch`` the table lacks."""
+        return self.table.missing(self._blocks(arch))

@@ -1,0 +1,298 @@
+"""LatencyTable: measured block latencies for one hardware fingerprint, in one human-readable JSON file.
+
+The one place that knows the table file format::
+
+    {
+      "schema": "hilonas.latency_table", "schema_version": 1,
+      "fingerprint_id": "cpu-amd-epyc-t1-b1-r224-69be5613",
+      "fingerprint": {device_kind, device_name, capability, logical_cores, threads, torch_version, backend, dtype,
+                      batch, resolution},
+      "settings": {how entries were measured: warmup, repeats, max_spread, max_attempts, chain, ...},
+      "calibration": null | {"method", "scale", "intercept_ms", ... networks it was fitted on},
+      "entries": {"<BlockKey.id>": {"key": {...}, "median_ms", "spread", "runs", "noisy", "measured_at", ...}}
+    }
+
+Promises: writes are atomic (temporary file in the same folder, fsync, rename) and several processes can add entries
+to one table at once without losing any (a file lock around read-merge-write: the entries and calibration this
+object changed win, everything else on disk is kept). Refusals: a file whose fingerprint differs from the expected one
+(the message names the fields; ``force=True`` overrides) and a corrupt file (the message names the path; the file
+is never rebuilt over). No torch import here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from hilonas.errors import HilonasError
+from hilonas.latency.fingerprint import Fingerprint
+from hilonas.latency.keys import BlockKey
+
+__all__ = ["LatencyTable", "SCHEMA", "SCHEMA_VERSION", "DEFAULT_TABLES_DIR", "table_path", "list_tables"]
+
+SCHEMA = "hilonas.latency_table"
+SCHEMA_VERSION = 1
+DEFAULT_TABLES_DIR = "latency_tables"
+_ENTRY_FIELDS = ("key", "median_ms", "spread", "runs", "noisy", "measured_at")
+_LOCK_TIMEOUT_S = 120.0
+
+
+def table_path(fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR) -> Path:
+    """Where the table of ``fp`` lives: ``<tables_dir>/<fp.id>.json``."""
+    return Path(tables_dir) / f"{fp.id}.json"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class LatencyTable:
+    """Block latencies (ms) of one fingerprint. Open with :meth:`open` or :meth:`load`; add; save.
+
+    Attributes:
+        path: the JSON file.
+        fingerprint: the hardware the entries were measured on (the file's, when loaded with ``force``).
+        entries: ``BlockKey.id`` -> entry dict (``key``, ``median_ms``, ``spread``, ``runs``, ``noisy``,
+            ``measured_at``, and whatever else the measurement recorded).
+        calibration: the fitted whole-network correction (see :mod:`hilonas.latency.predictor`), or None.
+        settings: how the entries were measured.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: Fingerprint, entries: dict[str, dict] | None = None,
+                 calibration: dict | None = None, settings: dict | None = None) -> None:
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.entries: dict[str, dict[str, Any]] = dict(entries or {})
+        self.calibration: dict[str, Any] | None = calibration
+        self.settings: dict[str, Any] = dict(settings or {})
+        self._dirty: set[str] = set()
+        self._calibration_dirty = False
+        self._settings_dirty = False
+        self._keys: dict[str, BlockKey] = {}
+
+    # ------------------------------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR, force: bool = False) -> "LatencyTable":
+        """The table for ``fp`` under ``tables_dir``: loaded when its file exists, else a new empty one (not yet
+        written)."""
+        path = table_path(fp, tables_dir)
+        if path.exists():
+            return cls.load(path, expect=fp, force=force)
+        return cls(path, fp)
+
+    @classmethod
+    def load(cls, path: str | Path, expect: Fingerprint | None = None, force: bool = False) -> "LatencyTable":
+        """Read a table file.
+
+        Raises:
+            HilonasError: the file is missing, unreadable or corrupt (the message names the path), or its
+                fingerprint differs from ``expect`` (the message names the fields; ``force=True`` loads it anyway).
+        """
+        path = Path(path)
+        table = cls(path, *cls._parse(path))
+        if expect is not None and not force:
+            differ = table.fingerprint.diff(expect)
+            if differ:
+                raise HilonasError(
+                    f"latency table {path} was measured on other hardware or settings "
+                    f"({table.fingerprint.describe_diff(expect)}; table value first): build a table for this target "
+                    "with `hilonas latency build`, or pass --force to use it anyway")
+        return table
+
+    @staticmethod
+    def _parse(path: Path) -> tuple[Fingerprint, dict, dict | None, dict]:
+        def corrupt(why: str) -> HilonasError:
+            return HilonasError(f"latency table {path} is corrupt ({why}): repair or delete the file; "
+                                "hilonas never rebuilds over it")
+
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise HilonasError(f"latency table {path} does not exist: build it with `hilonas latency build`") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise HilonasError(f"latency table {path} cannot be read ({err}): check the path and permissions") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise corrupt(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        if not isinstance(data, dict):
+            raise corrupt("the top level is not an object")
+        if data.get("schema") != SCHEMA:
+            raise corrupt(f"'schema' is {data.get('schema')!r}, expected {SCHEMA!r}")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise corrupt(f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}: this hilonas "
+                          "reads version 1")
+        try:
+            fp = Fingerprint.from_dict(data.get("fingerprint"))
+        except HilonasError as err:
+            raise corrupt(str(err)) from None
+        entries = data.get("entries")
+        if not isinstance(entries, dict):
+            raise corrupt("'entries' is not an object")
+        for kid, entry in entries.items():
+            if not isinstance(entry, dict) or any(f not in entry for f in _ENTRY_FIELDS):
+                raise corrupt(f"entry {kid!r} lacks one of {', '.join(_ENTRY_FIELDS)}")
+            ms = entry["median_ms"]
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+                raise corrupt(f"entry {kid!r} has median_ms={ms!r}, not a non-negative number")
+            try:
+                key = BlockKey.from_dict(entry["key"])
+            except (TypeError, ValueError):
+                raise corrupt(f"entry {kid!r} has a malformed key") from None
+            if key.id != kid:
+                raise corrupt(f"entry {kid!r} holds the key of {key.id!r}")
+        calibration = data.get("calibration")
+        if calibration is not None and not isinstance(calibration, dict):
+            raise corrupt("'calibration' is neither null nor an object")
+        if calibration is not None:
+            for name in ("scale", "intercept_ms"):
+                v = calibration.get(name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise corrupt(f"calibration.{name}={v!r} is not a number")
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise corrupt("'settings' is not an object")
+        return fp, entries, calibration, settings
+
+    # -------------------------------------------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: BlockKey | str) -> bool:
+        return (key.id if isinstance(key, BlockKey) else key) in self.entries
+
+    def keys(self) -> list[BlockKey]:
+        """Every key in the table, in id order."""
+        return [self.key_of(kid) for kid in sorted(self.entries)]
+
+    def key_of(self, kid: str) -> BlockKey:
+        key = self._keys.get(kid)
+        if key is None:
+            key = self._keys[kid] = BlockKey.from_dict(self.entries[kid]["key"])
+        return key
+
+    def latency_ms(self, key: BlockKey | str) -> float:
+        """The stored median of ``key`` in ms; KeyError when missing."""
+        return float(self.entries[key.id if isinstance(key, BlockKey) else key]["median_ms"])
+
+    def missing(self, keys: Iterable[BlockKey]) -> list[BlockKey]:
+        """The keys of ``keys`` that have no entry, each once, in the order given."""
+        seen: set[str] = set()
+        out = []
+        for k in keys:
+            if k.id not in self.entries and k.id not in seen:
+                seen.add(k.id)
+                out.append(k)
+        return out
+
+    def add(self, key: BlockKey, timing: Any, **extra: Any) -> dict[str, Any]:
+        """Store ``timing`` (a :class:`~hilonas.latency.timing.Timing`, or a dict with median_ms/spread/runs/noisy)
+        for ``key``; ``extra`` fields go into the entry. Not written until :meth:`save`. Returns the entry."""
+        t = timing.to_dict() if hasattr(timing, "to_dict") else dict(timing)
+        entry = {"key": key.to_dict(), "median_ms": float(t["median_ms"]), "spread": float(t.get("spread", 0.0)),
+                 "runs": int(t.get("runs", 0)), "noisy": bool(t.get("noisy", False)),
+                 "attempts": int(t.get("attempts", 1)), "measured_at": _now()}
+        samples = t.get("samples_ms")
+        if samples:
+            s = sorted(samples)
+            entry["min_ms"] = float(s[0])
+        entry.update(extra)
+        self.entries[key.id] = entry
+        self._keys[key.id] = key
+        self._dirty.add(key.id)
+        return entry
+
+    def set_calibration(self, calibration: dict[str, Any] | None) -> None:
+        """Replace the calibration (written by the next :meth:`save`)."""
+        self.calibration = calibration
+        self._calibration_dirty = True
+
+    def set_settings(self, settings: dict[str, Any]) -> None:
+        self.settings = dict(settings)
+        self._settings_dirty = True
+
+    # --------------------------------------------------------------------------------------------------- saving
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "fingerprint_id": self.fingerprint.id,
+            "fingerprint": self.fingerprint.to_dict(),
+            "settings": self.settings,
+            "calibration": self.calibration,
+            "entries": {kid: self.entries[kid] for kid in sorted(self.entries)},
+        }
+
+    def save(self) -> Path:
+        """Merge with the file on disk under a file lock and write atomically. Returns the path.
+
+        Entries and calibration changed through this object win; everything else on disk is kept, so processes
+        adding disjoint entries at once lose nothing.
+
+        Raises:
+            HilonasError: the file on disk is corrupt or belongs to another fingerprint (it is left untouched).
+        """
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path) + ".lock")
+        try:
+            with lock.acquire(timeout=_LOCK_TIMEOUT_S):
+                if self.path.exists():
+                    fp, entries, calibration, settings = self._parse(self.path)
+                    differ = fp.diff(self.fingerprint)
+                    if differ:
+                        raise HilonasError(f"latency table {self.path} on disk belongs to other hardware "
+                                           f"({fp.describe_diff(self.fingerprint)}): not overwriting it")
+                    merged = dict(entries)
+                    merged.update({kid: self.entries[kid] for kid in self._dirty if kid in self.entries})
+                    self.entries = merged
+                    if not self._calibration_dirty:
+                        self.calibration = calibration
+                    if not self._settings_dirty:
+                        self.settings = settings
+                self._write_atomic(json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
+        except Timeout:
+            raise HilonasError(f"latency table {self.path} stayed locked for {_LOCK_TIMEOUT_S:.0f} s by another "
+                               f"process: if none is running, delete {self.path}.lock") from None
+        self._dirty.clear()
+        self._calibration_dirty = self._settings_dirty = False
+        return self.path
+
+    def _write_atomic(self, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def describe(self) -> str:
+        cal = "calibrated" if self.calibration else "not calibrated"
+        return f"{self.path}: {len(self.entries)} blocks, {cal}, {self.fingerprint.describe()}"
+
+
+def list_tables(tables_dir: str | Path = DEFAULT_TABLES_DIR) -> list[tuple[Path, Fingerprint | None, str]]:
+    """Every ``*.json`` table under ``tables_dir``: ``(path, fingerprint or None, problem or '')``; never raises."""
+    out = []
+    root = Path(tables_dir)
+    if not root.is_dir():
+        return out
+    for path in sorted(root.glob("*.json")):
+        try:
+            fp = LatencyTable._parse(path)[0]
+            out.append((path, fp, ""))
+        except HilonasError as err:
+            out.append((path, None, str(err)))
+    return out

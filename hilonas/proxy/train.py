@@ -1,0 +1,278 @@
+"""The short training that scores an architecture (the accuracy proxy), also used for full training runs.
+
+``train_proxy(arch, data, budget)`` adapts the architecture to the data (classes, resolution, 3 channels), trains it
+with AdamW, linear warm-up then cosine decay, label smoothing and light augmentation (random shifts, and horizontal
+flips where the data allows them), and reports top-1 accuracy on the held-out split with its own cost.
+
+Determinism: on CPU the same arch, data, budget, seed and thread count give identical metrics. The model's
+initialisation, the batch order and the augmentation all draw from generators seeded by ``seed``; the caller's global
+RNG state is restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hilonas.config import ArchConfig
+from hilonas.errors import HilonasError
+from hilonas.proxy.data import ProxyData
+
+__all__ = ["ProxyBudget", "ProxyResult", "train_proxy", "adapt_arch", "DEFAULT_BUDGET"]
+
+_CURVE_POINTS = 50
+
+
+@dataclass(frozen=True)
+class ProxyBudget:
+    """How long and how a proxy trains.
+
+    Attributes:
+        epochs: passes over the training split (fractions allowed); ignored when ``steps`` is given.
+        steps: optimizer steps, overriding ``epochs``.
+        batch_size: images per step.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW decoupled weight decay (not applied to norms and biases).
+        warmup: share of the steps spent in the linear warm-up, in [0, 1).
+        label_smoothing: cross-entropy label smoothing.
+        augment: random shifts of up to 1/8 of the side (and flips where the data allows them).
+    """
+
+    epochs: float = 2.0
+    steps: int | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1
+    label_smoothing: float = 0.1
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps is None and not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise HilonasError(f"epochs={self.epochs!r} must be a positive number (or give steps)")
+        if self.steps is not None and (isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1):
+            raise HilonasError(f"steps={self.steps!r} must be a positive integer")
+        if self.batch_size < 1:
+            raise HilonasError(f"batch_size={self.batch_size} must be >= 1")
+        if not self.lr > 0:
+            raise HilonasError(f"lr={self.lr!r} must be > 0")
+        if not self.weight_decay >= 0:
+            raise HilonasError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        if not 0 <= self.warmup < 1:
+            raise HilonasError(f"warmup={self.warmup!r} is the share of steps spent warming up: give a value in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise HilonasError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+
+    def total_steps(self, num_train: int) -> int:
+        if self.steps is not None:
+            return int(self.steps)
+        per_epoch = max(num_train // self.batch_size, 1)
+        return max(int(round(self.epochs * per_epoch)), 1)
+
+    def scaled(self, factor: float) -> "ProxyBudget":
+        """The same recipe trained ``factor`` times longer (the bench's reference is ``scaled(10)``)."""
+        if self.steps is not None:
+            return dataclasses.replace(self, steps=max(int(round(self.steps * factor)), 1))
+        return dataclasses.replace(self, epochs=self.epochs * factor)
+
+
+DEFAULT_BUDGET = ProxyBudget()
+
+
+@dataclass
+class ProxyResult:
+    """What one training reports. ``to_dict()`` gives plain JSON types (the state dict is left out)."""
+
+    accuracy: float
+    val_loss: float | None
+    loss_curve: list[float]
+    seconds: float
+    train_seconds: float
+    images_per_s: float
+    steps: int
+    epochs: float
+    failed: bool = False
+    reason: str | None = None
+    params: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    seed: int = 0
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "state_dict"}
+        out["loss_curve"] = [float(v) for v in self.loss_curve]
+        return out
+
+
+def adapt_arch(arch: ArchConfig, data: ProxyData) -> ArchConfig:
+    """The architecture with the data's classes, resolution and 3 input channels (validated)."""
+    return dataclasses.replace(arch, num_classes=data.num_classes, img_size=data.resolution, in_chans=3).validate()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_factor(step: int, total: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0 at ``total``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
+    """Random shifts of up to side/8 pixels (zero = mean padding, since the data is normalised), random flips."""
+    b, _, h, w = x.shape
+    pad = max(h // 8, 1)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen).tolist()
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    if hflip:
+        flip = torch.rand(b, generator=gen) < 0.5
+        out = torch.where(flip.to(out.device)[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             batch_size: int = 256) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` on (x, y)."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        with _autocast(device):
+            logits = model(xb)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    n = max(int(x.shape[0]), 1)
+    return correct / n, loss_sum / n
+
+
+def train_proxy(arch: ArchConfig, data: ProxyData, budget: ProxyBudget = DEFAULT_BUDGET, *, seed: int = 0,
+                threads: int = 1, device: str = "cpu", return_model: bool = False) -> ProxyResult:
+    """Train ``arch`` (adapted to ``data``) on the training split and score it on the held-out split.
+
+    Args:
+        arch: the architecture; its classes, image size and channels are replaced by the data's.
+        data: a :class:`ProxyData` from :func:`hilonas.proxy.data.load_dataset`.
+        budget: epochs or steps and the recipe.
+        seed: seeds the initialisation, the batch order and the augmentation.
+        threads: torch intra-op threads during the run (restored after); one per trial when trials run side by side.
+        device: ``"cpu"`` or ``"cuda[:N]"`` (CUDA runs under autocast, bfloat16 where supported).
+        return_model: also return the trained weights (``state_dict``, on CPU).
+
+    Returns:
+        A :class:`ProxyResult`. A loss that turns NaN or infinite stops the run and gives ``failed=True`` with the
+        reason (accuracy 0), as does running out of device memory; other errors propagate.
+
+    Raises:
+        HilonasError: for an architecture that cannot be built or a device that is not there.
+    """
+    from hilonas.latency.timing import num_threads
+    from hilonas.models import HiLoNet
+
+    arch = adapt_arch(arch, data)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise HilonasError(f"device={device!r} is unknown: use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HilonasError(f"device={device!r}: no CUDA device is visible here; use cpu")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise HilonasError(f"threads={threads!r} must be an integer >= 1")
+    total = budget.total_steps(data.num_train)
+    warmup_steps = int(round(budget.warmup * total))
+    start = time.perf_counter()
+    with num_threads(threads), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = HiLoNet(arch).to(dev)
+        params = sum(p.numel() for p in model.parameters())
+        gen = torch.Generator().manual_seed(seed + 1)
+        optimizer = torch.optim.AdamW(_param_groups(model, budget.weight_decay), lr=budget.lr, betas=(0.9, 0.999))
+        scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+        train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+        n = data.num_train
+        bs = min(budget.batch_size, n)
+        losses: list[float] = []
+        failed, reason = False, None
+        order = torch.empty(0, dtype=torch.long)
+        pos = 0
+        model.train()
+        step = 0
+        try:
+            for step in range(total):
+                if pos + bs > n or order.numel() == 0:
+                    order, pos = torch.randperm(n, generator=gen), 0
+                idx = order[pos:pos + bs]
+                pos += bs
+                idx = idx.to(dev)
+                xb, yb = train_x[idx], train_y[idx]
+                if budget.augment:
+                    xb = _augment(xb, gen, data.hflip)  # random draws on the CPU generator, so CPU runs repeat
+                for group in optimizer.param_groups:
+                    group["lr"] = budget.lr * _lr_factor(step, total, warmup_steps)
+                with _autocast(dev):
+                    logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=budget.label_smoothing)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    failed, reason = True, f"training loss became {value} at step {step + 1} of {total}"
+                    break
+                losses.append(value)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+        except torch.OutOfMemoryError as err:
+            failed, reason = True, f"out of memory at step {step + 1} of {total}: {str(err).splitlines()[0]}"
+        steps_done = len(losses)
+        train_seconds = time.perf_counter() - start
+        accuracy, val_loss = 0.0, float("nan")
+        if not failed:
+            accuracy, val_loss = evaluate(model, data.val_x, data.val_y, dev)
+            if not math.isfinite(val_loss):
+                failed, reason = True, f"held-out loss is {val_loss}: the trained network outputs non-finite logits"
+                accuracy = 0.0
+        state = None
+        if return_model and not failed:
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        used_threads = torch.get_num_threads()
+    seconds = time.perf_counter() - start
+    return ProxyResult(
+        accuracy=float(accuracy), val_loss=float(val_loss) if math.isfinite(val_loss) else None,
+        loss_curve=_curve(losses), seconds=seconds, train_seconds=train_seconds,
+        images_per_s=steps_done * bs / train_seconds if train_seconds > 0 else 0.0, steps=steps_done,
+        epochs=steps_done * bs / n, failed=failed, reason=reason, params=params, device=str(dev),
+        threads=used_threads, seed=seed, state_dict=state)
+
+
+def _curve(losses: list[float]) -> list[float]:
+    """At most ``_CURVE_POINTS`` averages of consecutive steps (each point covers the same number of steps)."""
+    if len(losses) <= _CURVE_POINTS:
+        return [round(v, 6) for v in losses]
+    per = math.ceil(len(losses) / _CURVE_POINTS)
+    return [round(sum(chunk) / len(chunk), 6) for chunk in (losses[i:i + per] for i in range(0, len(losses), per))]

@@ -1,0 +1,45 @@
+"""Reference architectures of a space (LITv2-S/M/B scaled to it) scored exactly like trials, kept in the study.
+
+They are stored as a study attribute, not as trials, so samplers never mistake them for proposals of their own.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from hilonas.errors import HilonasError
+from hilonas.search import study as studies
+from hilonas.search.objective import evaluate
+from hilonas.spaces import SearchSpace
+
+
+def evaluate_landmarks(study: optuna.Study, tables_dir: str = "latency_tables") -> list[dict[str, Any]]:
+    """Train and time every reference of the study's space with the study's own settings; store and return them."""
+    from hilonas.latency.fingerprint import Fingerprint
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.table import LatencyTable
+    from hilonas.proxy.data import load_dataset
+
+    settings = studies.study_settings(study)
+    space = SearchSpace.load(settings.get("space_source") or settings["space"])
+    if not space.references:
+        raise HilonasError(f"--landmarks: space {space.name!r} names no reference architectures "
+                           "(add a 'references:' section to its YAML)")
+    fingerprint = Fingerprint.from_dict(settings["fingerprint"])
+    predictor = LatencyPredictor(LatencyTable.open(fingerprint, tables_dir=tables_dir), measure_missing=True)
+    from hilonas.export import _data_spec
+
+    data = load_dataset(_data_spec(settings.get("data")), resolution=int(settings["resolution"]),
+                        seed=int(settings["seed"]))
+    records = []
+    for label, arch in space.references:
+        latency = predictor.predict(arch)
+        result = evaluate({"arch": arch.to_dict(), "budget": settings["budget"], "seed": settings["seed"]}, data)
+        records.append({"number": -1 - len(records), "state": "COMPLETE" if not result["failed"] else "FAIL",
+                        "landmark": label, "arch": arch.to_dict(), "arch_text": arch.describe(),
+                        "accuracy": result["accuracy"], "predicted_latency_ms": latency,
+                        "throughput": 1000.0 * fingerprint.batch / latency, "flops": result["flops"],
+                        "params": result["params"], "feasible": True})
+    studies.store_landmarks(study, records)
+    return records

@@ -1,0 +1,73 @@
+"""Front extraction, exactly, on hand-made studies; the renderer smoke-tested."""
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from hilonas.analysis.front import pareto_mask
+from hilonas.analysis.results import front, results_frame
+from hilonas.search.study import trial_records
+
+ARCH = {"stages": [{"depth": 1, "dim": 8, "heads": 1, "mlp_ratio": 4.0, "mixer": "none", "alpha": 0.0, "window": 1}],
+        "img_size": 32}
+
+
+def test_pareto_mask_by_hand():
+    acc = [0.9, 0.8, 0.85, 0.7, 0.9, 0.95]
+    lat = [10., 5., 7., 6., 12., 20.]
+    # 0: (0.9, 10) front; 1: (0.8, 5) front; 2: (0.85, 7) front; 3: dominated by 1; 4: dominated by 0; 5: front.
+    assert pareto_mask(acc, lat) == [True, True, True, False, False, True]
+    assert pareto_mask(acc, lat, feasible=[True, True, False, True, True, True]) == \
+        [True, True, False, False, False, True]
+    # Throughput is maximised: negate the latency-like axis.
+    assert pareto_mask([0.9, 0.8], [100., 200.], maximize_second=True) == [True, True]
+    assert pareto_mask([0.9, 0.8], [200., 100.], maximize_second=True) == [True, False]
+    assert pareto_mask([0.5, 0.5], [3., 3.]) == [True, True]  # exact duplicates both stay
+    assert pareto_mask([], []) == []
+
+
+def make_study(name, points, limit=None):
+    study = optuna.create_study(study_name=name, directions=["maximize", "minimize"])
+    study.set_user_attr("hilonas_settings", f'{{"target": "cpu", "objective": "latency", "max_latency_ms": '
+                                            f'{"null" if limit is None else limit}}}')
+    for acc, lat in points:
+        attrs = {"arch": ARCH, "arch_text": "x", "predicted_latency_ms": lat, "throughput": 1000 / lat,
+                 "flops": 1, "params": 2}
+        if limit is not None:
+            attrs.update(feasible=lat <= limit, constraint=lat - limit)
+        study.add_trial(create_trial(values=[acc, lat], params={"s0_depth": 1},
+                                     distributions={"s0_depth": CategoricalDistribution([1, 2])}, user_attrs=attrs))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "boom"}))
+    return study
+
+
+def test_results_frame_front_constraint_and_merge():
+    a = make_study("a", [(0.9, 10.), (0.8, 5.), (0.85, 7.), (0.7, 6.), (0.95, 20.)], limit=15.0)
+    b = make_study("b", [(0.6, 1.), (0.5, 2.)])
+    df = results_frame(trial_records(a) + trial_records(b))
+    assert len(df) == 5 + 1 + 2 + 1
+    fa = df[(df.study == "a") & df.on_front].number.tolist()
+    assert sorted(fa) == [0, 1, 2]  # trial 4 (0.95 at 20 ms) is over the 15 ms limit: never on the front
+    assert not df[(df.study == "a") & (df.number == 4)].feasible.item()
+    assert df[(df.study == "b") & df.on_front].number.tolist() == [0]  # fronts are per study
+    failed = df[df.state == "FAIL"]
+    assert len(failed) == 2 and failed.accuracy.isna().all() and (failed.fail_reason == "boom").all()
+    f = front(df)
+    assert f[f.study == "a"].latency_ms.tolist() == [5.0, 7.0, 10.0]
+
+
+def test_renderer_smoke(tmp_path):
+    from hilonas.analysis.plots import pareto_figure, write_html
+
+    df = results_frame(trial_records(make_study("a", [(0.9, 10.), (0.8, 5.), (0.7, 20.)], limit=15.0)))
+    marks = results_frame([{"study": "a", "number": -1, "state": "COMPLETE", "accuracy": 0.85,
+                            "predicted_latency_ms": 8.0, "throughput": 125.0, "landmark": "litv2-s-like",
+                            "arch": ARCH, "arch_text": "x", "settings": {}}])
+    fig = pareto_figure(df, marks)
+    names = [t.name for t in fig.data]
+    assert any("front" in n for n in names) and "reference architectures" in names
+    page = write_html(fig, tmp_path / "p.html")
+    text = page.read_text()
+    assert "plotly" in text.lower() and "litv2-s-like" in text and len(text) > 1_000_000  # plotly.js embedded
+    with pytest.raises(Exception, match="does not exist"):
+        write_html(fig, tmp_path / "missing" / "p.html")

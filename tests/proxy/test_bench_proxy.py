@@ -1,0 +1,67 @@
+"""``hilonas bench proxy`` end to end on a micro space (tiny budgets), correlations, resume from the log."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hilonas.bench import proxy as bench
+from hilonas.errors import HilonasError
+from hilonas.proxy.train import ProxyBudget
+
+MICRO_SPACE = """
+name: micro
+description: two-stage space for tests
+fixed: {img_size: 32, patch_size: 4, num_classes: 10}
+stages:
+  - {depth: 1, dim: [8, 16], mlp_ratio: [1, 2], mixer: none}
+  - {depth: 1, dim: [16, 32], heads: 2, mlp_ratio: 2, mixer: hilo, alpha: 0.5, window: [1, 2]}
+"""
+
+
+def test_correlations_by_hand():
+    assert bench.correlations([1, 2, 3, 4], [10, 20, 30, 40]) == (pytest.approx(1.0), pytest.approx(1.0))
+    rho, tau = bench.correlations([1, 2, 3, 4], [40, 30, 10, 20])
+    assert rho == pytest.approx(-0.8) and tau == pytest.approx(-4 / 6)  # 1 concordant pair, 5 discordant
+    assert all(v != v for v in bench.correlations([1, 1, 1], [1, 2, 3]))  # constant scores: undefined (NaN)
+
+
+def test_sample_archs_distinct_and_seeded():
+    from hilonas.spaces import SearchSpace
+
+    space = SearchSpace.from_yaml(MICRO_SPACE)
+    archs = bench.sample_archs(space, 5, seed=0)
+    assert len(set(archs)) == 5 and archs == bench.sample_archs(space, 5, seed=0)
+    assert len(bench.sample_archs(space, 100, seed=0)) == len(list(space.iter_archs()))  # capped by the space
+
+
+def test_bench_report_and_resume(tmp_path, monkeypatch):
+    space = tmp_path / "micro.yaml"
+    space.write_text(MICRO_SPACE)
+    log = tmp_path / "bench.jsonl"
+    kwargs = dict(data="digits", resolution=16, budget=ProxyBudget(steps=2, batch_size=16), reference_factor=2,
+                  extra_epochs=(0.02,), log=log)
+    report = bench.run_proxy_bench(str(space), n=3, seed=0, **kwargs)
+    json.dumps(report, allow_nan=False)
+    assert report["n"] == 3 and report["reference_epochs"] is None  # budget in steps
+    assert set(report["proxies"]) == {"default", "default_loss", "train_0.02ep", "synflow", "naswot", "grad_norm",
+                                      "params", "flops"}
+    for p in report["proxies"].values():
+        assert set(p) >= {"spearman", "kendall", "seconds_per_arch"} and p["seconds_per_arch"] >= 0
+    text = bench.format_proxy_bench(report)
+    assert "spearman" in text and "synflow" in text
+    assert len(log.read_text().splitlines()) == 3
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a resumed bench must not retrain finished architectures")
+
+    monkeypatch.setattr(bench, "_score_arch", boom)
+    again = bench.run_proxy_bench(str(space), n=3, seed=0, **kwargs)
+    assert again["proxies"] == report["proxies"]
+
+
+def test_bench_bad_input():
+    with pytest.raises(HilonasError, match="at least 3"):
+        bench.run_proxy_bench("litv2_tiny", n=2)
+    with pytest.raises(HilonasError, match="reference-factor"):
+        bench.run_proxy_bench("litv2_tiny", n=4, reference_factor=1)
