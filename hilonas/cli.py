@@ -21,6 +21,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: both sides timed
 app.add_typer(bench_app, name="bench")
 spaces_app = typer.Typer(no_args_is_help=True, help="Search spaces: list the shipped ones, show one.")
 app.add_typer(spaces_app, name="space")
+latency_app = typer.Typer(no_args_is_help=True, help="Latency tables: build one for this machine, validate it.")
+app.add_typer(latency_app, name="latency")
 
 
 def _quiet_torch() -> None:
@@ -157,6 +159,8 @@ def bench_proxy(space: str = typer.Option("litv2_tiny", help="a shipped space na
                 epochs: Optional[float] = typer.Option(None, help="default proxy budget in epochs (default: "
                                                        "ProxyBudget's)"),
                 reference_factor: float = typer.Option(10.0, help="the reference trains this many times longer"),
+                reference_seeds: int = typer.Option(1, help="reference runs per architecture (mean accuracy)"),
+                val_fraction: float = typer.Option(0.2, help="held-out share where the data has no split"),
                 extra_epochs: str = typer.Option("", help="other budgets to compare, comma-separated epochs "
                                                  "(e.g. 0.5,1,4)"),
                 workers: int = typer.Option(1, help="processes scoring architectures side by side"),
@@ -180,7 +184,8 @@ def bench_proxy(space: str = typer.Option("litv2_tiny", help="a shipped space na
 
     budget = DEFAULT_BUDGET if epochs is None else dataclasses.replace(DEFAULT_BUDGET, epochs=epochs)
     report = run_proxy_bench(space, n, seed, data=data, resolution=resolution, budget=budget,
-                             reference_factor=reference_factor, extra_epochs=extra, workers=workers, threads=threads,
+                             reference_factor=reference_factor, extra_epochs=extra, reference_seeds=reference_seeds,
+                             val_fraction=val_fraction, workers=workers, threads=threads,
                              log=log, progress=None if as_json else (lambda line: typer.echo(line, err=True)))
     if as_json:
         _echo_json(report)
@@ -238,6 +243,28 @@ def train(config: str = typer.Argument(..., help="variant name or a config YAML 
     typer.echo(f"  held-out top-1 {result.accuracy:.4f}, {result.epochs:g} epochs ({result.steps} steps) in "
                f"{result.seconds:.1f} s, {result.images_per_s:.0f} images/s")
     typer.echo(f"  saved {out}/weights.safetensors and {out}/config.yaml")
+
+
+@bench_app.command("search")
+def bench_search(space: str = typer.Option("litv2_tiny", help="a shipped space name or a space YAML"),
+                 trials: int = typer.Option(4, help="trials per run (one run with 1 worker, one with 2)"),
+                 steps: int = typer.Option(60, help="proxy training steps per trial"),
+                 seed: int = typer.Option(0),
+                 tables: str = typer.Option("latency_tables", help="latency tables folder"),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Driver overhead (share of the trial loop not spent evaluating) with 1 and 2 workers, and the speed-up."""
+    if trials < 2:
+        raise HilonasError(f"--trials={trials} must be >= 2 so that 2 workers have something to share")
+    if steps < 1:
+        raise HilonasError(f"--steps={steps} must be >= 1")
+    _quiet_torch()
+    from hilonas.bench.search import format_search_bench, run_search_bench
+
+    result = run_search_bench(space, trials, steps, seed, tables_dir=tables)
+    if as_json:
+        _echo_json({k: result[k] for k in ("overhead_share_1", "overhead_share_2", "speedup_2_vs_1")} | result)
+    else:
+        typer.echo(format_search_bench(result))
 
 
 # --------------------------------------------------------------------------------------------------------- search
@@ -444,6 +471,165 @@ def export(study: str = typer.Argument(..., help="study name"),
         typer.echo(f"  weights.safetensors: {prov['weights']['accuracy']:.4f} held-out top-1 on {prov['weights']['data']}")
     typer.echo(f"  build it: hilonas.create_model('{target}/arch.yaml') or "
                f"timm.create_model('hilonas_arch', config='{target}/arch.yaml')")
+
+
+# -------------------------------------------------------------------------------------------------------- latency
+def _fingerprint(target: str, threads: int, batch: int, resolution: Optional[int], space: Optional[str] = None):
+    """(fingerprint, loaded space or None): the resolution defaults to the space's img_size (224 without one)."""
+    sp = None
+    if space is not None:
+        from hilonas.spaces import SearchSpace
+
+        sp = SearchSpace.load(space)
+    if resolution is None:
+        resolution = int(sp.fixed.get("img_size", 224)) if sp is not None else 224
+    from hilonas.latency.fingerprint import current_fingerprint
+
+    return current_fingerprint(target, threads=threads, batch=batch, resolution=resolution), sp
+
+
+@app.command()
+def hardware(target: str = typer.Option("cpu", help="cpu or cuda"),
+             threads: int = typer.Option(1, help="CPU threads the latency is measured with"),
+             batch: int = typer.Option(1, help="images per forward"),
+             resolution: int = typer.Option(224, help="input image side in pixels"),
+             tables: str = typer.Option("latency_tables", help="folder of latency tables"),
+             as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """This machine's hardware fingerprint and the latency tables that match it."""
+    _quiet_torch()
+    from hilonas.latency.table import LatencyTable, list_tables
+
+    fp, _ = _fingerprint(target, threads, batch, resolution)
+    matching, others = [], []
+    for path, tfp, problem in list_tables(tables):
+        if tfp is None:
+            others.append({"path": str(path), "problem": problem})
+        elif tfp.id == fp.id:
+            t = LatencyTable.load(path, expect=fp)
+            matching.append({"path": str(path), "blocks": len(t.entries),
+                             "calibration": (t.calibration or {}).get("method"), "statistic": t.statistic})
+        else:
+            others.append({"path": str(path), "differs_in": tfp.diff(fp)})
+    if as_json:
+        _echo_json({"fingerprint_id": fp.id, "fingerprint": fp.to_dict(), "tables": matching, "other_tables": others})
+        return
+    typer.echo(f"fingerprint {fp.id}")
+    for name, value in fp.to_dict().items():
+        typer.echo(f"  {name:14s} {value}")
+    typer.echo(f"tables in {tables}/ for this fingerprint: {len(matching) or 'none'}")
+    for t in matching:
+        typer.echo(f"  {t['path']}: {t['blocks']} blocks, calibration {t['calibration'] or 'none'}")
+    if not matching:
+        typer.echo(f"  build one: hilonas latency build --space SPACE --target {target} --threads {threads} "
+                   f"--batch {batch} --resolution {resolution}")
+    for o in others:
+        why = f"differs in {', '.join(o['differs_in'])}" if "differs_in" in o else o["problem"]
+        typer.echo(f"  (other: {o['path']}: {why})")
+
+
+@latency_app.command("build")
+def latency_build(space: str = typer.Option("litv2_tiny", help="a shipped space name or a space YAML"),
+                  target: str = typer.Option("cpu", help="cpu or cuda"),
+                  threads: int = typer.Option(1, help="CPU threads"),
+                  batch: int = typer.Option(1, help="images per forward"),
+                  resolution: Optional[int] = typer.Option(None, help="image side (default: the space's img_size)"),
+                  tables: str = typer.Option("latency_tables", help="folder of latency tables"),
+                  force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
+                  recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
+                  calib_networks: int = typer.Option(16, help="whole networks measured for the calibration"),
+                  repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 30)"),
+                  rounds: Optional[int] = typer.Option(None, help="round-robin passes (default 3)"),
+                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Measure every block of a space on this machine into its latency table, then fit the calibration."""
+    if calib_networks < 0:
+        raise HilonasError(f"--calib-networks={calib_networks} must be >= 0")
+    fp, sp = _fingerprint(target, threads, batch, resolution, space)
+    _quiet_torch()
+    from hilonas.latency.build import build_table
+
+    table = build_table(sp, fp, tables_dir=tables, calib_networks=calib_networks, progress=not as_json, force=force,
+                        recalibrate=recalibrate, repeats=repeats, rounds=rounds)
+    stats = table.build_stats
+    if as_json:
+        _echo_json({"fingerprint_id": fp.id, **stats})
+        return
+    typer.echo(f"{stats['blocks_total']} blocks ({stats['blocks_measured']} measured now), "
+               f"{stats['networks_measured']} calibration networks, in {stats['seconds']:.1f} s")
+    cal = table.calibration or {}
+    if cal:
+        typer.echo(f"calibration: {cal.get('method')} (scale {cal.get('scale', 1):.3f}, intercept "
+                   f"{cal.get('intercept_ms', 0):.3f} ms, leave-one-out error {cal.get('loo_mape', {})})")
+    typer.echo(f"table: {table.path}")
+
+
+@latency_app.command("validate")
+def latency_validate(space: str = typer.Option("litv2_tiny", help="a shipped space name or a space YAML"),
+                     n: int = typer.Option(50, "--n", help="random networks to measure"),
+                     seed: int = typer.Option(0, help="sampling seed"),
+                     target: str = typer.Option("cpu", help="cpu or cuda"),
+                     threads: int = typer.Option(1, help="CPU threads"),
+                     batch: int = typer.Option(1, help="images per forward"),
+                     resolution: Optional[int] = typer.Option(None, help="image side (default: the space's img_size)"),
+                     tables: str = typer.Option("latency_tables", help="folder of latency tables"),
+                     table: Optional[str] = typer.Option(None, help="a table file (default: this machine's)"),
+                     force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
+                     as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object"),
+                     csv: Optional[str] = typer.Option(None, help="write the per-network rows to this CSV")) -> None:
+    """Measure N random networks whole and report how far the table's predictions are off."""
+    fp, sp = _fingerprint(target, threads, batch, resolution, space)
+    _quiet_torch()
+    from hilonas.latency.build import validate_table
+    from hilonas.latency.table import LatencyTable
+
+    loaded = LatencyTable.load(table, expect=fp, force=force) if table else LatencyTable.open(fp, tables, force=force)
+    result = validate_table(sp, fp, n=n, seed=seed, table=loaded, progress=not as_json)
+    if csv:
+        import csv as csv_mod
+
+        path = Path(csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv_mod.DictWriter(fh, fieldnames=list(result["rows"][0]))
+            writer.writeheader()
+            writer.writerows(result["rows"])
+    figures = {k: result[k] for k in ("n", "within_5", "within_10", "mape", "max_ape", "spearman")}
+    if as_json:
+        _echo_json({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+        return
+    typer.echo(f"{n} random networks of {sp.name} (seed {seed}) measured whole against {loaded.path}:")
+    typer.echo(f"  within +-5%: {result['within_5']:.0%}   within +-10%: {result['within_10']:.0%}   "
+               f"mean |error| {result['mape']:.1%}   max |error| {result['max_ape']:.1%}   "
+               f"Spearman {result['spearman']:.3f}   bias {result['bias']:+.1%}")
+    typer.echo(f"  statistic {result['statistic']}, calibration {result['calibration']}, {result['seconds']:.0f} s"
+               + (f", CPUs busy with other work {result['machine_busy']:.0%} at start"
+                  if result["machine_busy"] is not None else ""))
+    if csv:
+        typer.echo(f"  rows: {csv}")
+
+
+@bench_app.command("latency")
+def bench_latency(space: str = typer.Option("litv2_tiny", help="a shipped space name or a space YAML"),
+                  target: str = typer.Option("cpu", help="cpu or cuda"),
+                  threads: int = typer.Option(1, help="CPU threads"),
+                  batch: int = typer.Option(1, help="images per forward"),
+                  resolution: Optional[int] = typer.Option(None, help="image side (default: the space's img_size)"),
+                  tables: str = typer.Option("latency_tables", help="folder of latency tables"),
+                  archs: int = typer.Option(2000, help="architectures to predict"),
+                  measure: int = typer.Option(3, help="networks to measure whole for the ratio"),
+                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Microseconds per latency prediction from a loaded table, against measuring the network."""
+    if archs < 1 or measure < 1:
+        raise HilonasError(f"--archs={archs} and --measure={measure} must be >= 1")
+    _fingerprint(target, threads, batch, resolution, space)  # checks the inputs before torch-heavy work
+    _quiet_torch()
+    from hilonas.bench.latency import format_latency_bench, run_latency_bench
+
+    result = run_latency_bench(space, target=target, threads=threads, batch=batch, resolution=resolution,
+                               tables_dir=tables, archs=archs, measure=measure)
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(format_latency_bench(result))
 
 
 # ----------------------------------------------------------------------------------------------------------- main

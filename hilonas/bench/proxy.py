@@ -65,18 +65,22 @@ def correlations(scores: Sequence[float], reference: Sequence[float]) -> tuple[f
 _DATA = None
 
 
-def _init_worker(data_spec: str | None, resolution: int, seed: int) -> None:
+def _init_worker(data_spec: str | None, resolution: int, seed: int, val_fraction: float = 0.2) -> None:
     global _DATA
     import warnings
 
     warnings.filterwarnings("ignore")
     from hilonas.proxy.data import load_dataset
 
-    _DATA = load_dataset(data_spec, resolution=resolution, seed=seed)
+    _DATA = load_dataset(data_spec, resolution=resolution, seed=seed, val_fraction=val_fraction)
 
 
-def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: int, threads: int) -> dict[str, Any]:
-    """Every proxy and the reference for one architecture (runs in a worker; the data was loaded once there)."""
+def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: int, threads: int,
+                reference_seeds: int = 1) -> dict[str, Any]:
+    """Every proxy and the reference for one architecture (runs in a worker; the data was loaded once there).
+
+    The reference score is the mean held-out accuracy of ``reference_seeds`` runs (seeds ``seed``, ``seed + 1``, ...).
+    """
     from hilonas.latency.timing import num_threads
     from hilonas.proxy.train import adapt_arch, train_proxy
     from hilonas.proxy.zero_cost import ZERO_COST
@@ -94,7 +98,7 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
                 value, record.setdefault("errors", {})[name] = float("nan"), f"{type(err).__name__}: {err}"
             record["scores"][name] = value if math.isfinite(value) else None
             record["seconds"][name] = time.perf_counter() - t0
-    for name, budget in list(budgets.items()) + [("reference", reference)]:
+    for name, budget in budgets.items():
         result = train_proxy(arch, data, budget, seed=seed, threads=threads)
         record["train"][name] = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
         record["scores"][name] = result.accuracy
@@ -103,13 +107,18 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
             # The same run ranked by held-out loss (lower is better) costs nothing extra.
             record["scores"]["default_loss"] = -result.val_loss if result.val_loss is not None else None
             record["seconds"]["default_loss"] = result.seconds
+    runs = [train_proxy(arch, data, reference, seed=seed + k, threads=threads) for k in range(reference_seeds)]
+    record["train"]["reference"] = [{k: v for k, v in r.to_dict().items() if k != "loss_curve"} for r in runs]
+    record["scores"]["reference"] = sum(r.accuracy for r in runs) / len(runs)
+    record["seconds"]["reference"] = sum(r.seconds for r in runs)
     return record
 
 
 # --------------------------------------------------------------------------------------------------------- bench
 def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, data: str | None = None,
                     resolution: int = 32, budget: Any = None, reference_factor: float = 10.0,
-                    extra_epochs: Sequence[float] = (), workers: int = 1, threads: int = 1,
+                    extra_epochs: Sequence[float] = (), reference_seeds: int = 1, val_fraction: float = 0.2,
+                    workers: int = 1, threads: int = 1,
                     log: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score ``n`` sampled architectures with every proxy and the reference; return the JSON-able report.
 
@@ -122,6 +131,8 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         budget: the default proxy budget (``ProxyBudget()`` when None); the reference is ``budget.scaled(factor)``.
         reference_factor: how much longer the reference trains.
         extra_epochs: other training budgets (in epochs) to report beside the default.
+        reference_seeds: reference runs per architecture (their mean accuracy is the reference; default 1).
+        val_fraction: held-out share of the dataset (where it has no split of its own).
         workers: processes scoring architectures side by side.
         threads: torch threads per worker.
         log: a JSONL file; records already there (same arch, budgets and seed) are reused, new ones appended.
@@ -134,6 +145,8 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         raise HilonasError(f"--n={n}: rank correlations need at least 3 architectures (16 or more to mean much)")
     if workers < 1 or threads < 1:
         raise HilonasError("--workers and --threads must be >= 1")
+    if reference_seeds < 1:
+        raise HilonasError(f"--reference-seeds={reference_seeds} must be >= 1")
     if not reference_factor > 1:
         raise HilonasError(f"--reference-factor={reference_factor} must be > 1")
     budget = DEFAULT_BUDGET if budget is None else budget
@@ -149,7 +162,8 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         budgets[name] = replace(budget, epochs=float(e), steps=None)
     reference = budget.scaled(reference_factor)
     setup = {"space": sp.name, "data": data or "default", "resolution": resolution, "seed": seed,
-             "budgets": {k: _budget_dict(v) for k, v in budgets.items()}, "reference": _budget_dict(reference)}
+             "budgets": {k: _budget_dict(v) for k, v in budgets.items()}, "reference": _budget_dict(reference),
+             "reference_seeds": reference_seeds, "val_fraction": val_fraction}
 
     done: dict[str, dict] = {}
     log_path = Path(log) if log else None
@@ -177,16 +191,17 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
 
     if todo:
         if workers == 1:
-            _init_worker(data, resolution, seed)
+            _init_worker(data, resolution, seed, val_fraction)
             for arch in todo:
-                finish(_score_arch(arch.to_dict(), budgets, reference, seed, threads))
+                finish(_score_arch(arch.to_dict(), budgets, reference, seed, threads, reference_seeds))
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(data, resolution, seed)) as pool:
-                futures = [pool.submit(_score_arch, a.to_dict(), budgets, reference, seed, threads) for a in todo]
+                                     initializer=_init_worker, initargs=(data, resolution, seed, val_fraction)) as pool:
+                futures = [pool.submit(_score_arch, a.to_dict(), budgets, reference, seed, threads, reference_seeds)
+                           for a in todo]
                 for fut in as_completed(futures):
                     finish(fut.result())
     records = [done[json.dumps(a.to_dict(), sort_keys=True)] for a in archs]
@@ -213,7 +228,8 @@ def _report(records: list[dict], setup: dict, budget: Any, reference: Any, refer
                          "scored": len(keep)}
     ref_secs = sum(r["seconds"]["reference"] for r in records) / len(records)
     ref_epochs = reference.epochs if reference.steps is None else None
-    failed = sum(1 for r in records for t in r["train"].values() if t.get("failed"))
+    runs = [t for r in records for v in r["train"].values() for t in (v if isinstance(v, list) else [v])]
+    failed = sum(1 for t in runs if t.get("failed"))
     return {
         "n": len(records), "reference_epochs": ref_epochs, "reference_steps": reference.steps,
         "reference_factor": reference_factor, "default_budget": _budget_dict(budget),

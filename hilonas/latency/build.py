@@ -31,12 +31,10 @@ from hilonas.latency.table import DEFAULT_TABLES_DIR, LatencyTable
 from hilonas.spaces import SearchSpace
 
 __all__ = ["build_table", "ensure_table", "validate_table", "sample_archs", "space_at", "fit_calibration",
-           "spearman", "DEFAULT_SETTINGS", "machine_busy"]
+           "spearman", "machine_busy", "DEFAULT_CALIB_NETWORKS"]
 
-DEFAULT_SETTINGS: dict[str, Any] = {"warmup": 5, "repeats": 30, "max_spread": 0.1, "max_attempts": 3, "rounds": 3,
-                                    "chain": 3, "group": 8}
 DEFAULT_CALIB_NETWORKS = 16
-_TIMING_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
+DEFAULT_GROUP = 8
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -59,7 +57,8 @@ def space_at(space: SearchSpace, resolution: int) -> SearchSpace:
     return SearchSpace.from_dict(data, source=f"{space.source or space.name} at {resolution} px")
 
 
-def sample_archs(space: SearchSpace, n: int, seed: int | str, exclude: set[ArchConfig] | None = None) -> list[ArchConfig]:
+def sample_archs(space: SearchSpace, n: int, seed: int | str,
+                 exclude: set[ArchConfig] | None = None) -> list[ArchConfig]:
     """``n`` distinct architectures drawn uniformly from ``space`` with ``seed``, none of them in ``exclude``."""
     rng = random.Random(seed)
     seen: set[ArchConfig] = set(exclude or ())
@@ -112,15 +111,14 @@ def _model_code_hash() -> str:
 
 
 def _settings(**overrides: Any) -> dict[str, Any]:
-    unknown = set(overrides) - set(DEFAULT_SETTINGS)
-    if unknown:
-        raise TypeError(f"unknown measurement setting {sorted(unknown)[0]!r}; known: {', '.join(DEFAULT_SETTINGS)}")
-    s = {**DEFAULT_SETTINGS, **{k: v for k, v in overrides.items() if v is not None}}
-    for name in ("repeats", "max_attempts", "rounds", "chain", "group"):
-        if not isinstance(s[name], int) or s[name] < 1:
-            raise HilonasError(f"{name}={s[name]!r} must be an integer >= 1")
-    if not isinstance(s["warmup"], int) or s["warmup"] < 0:
-        raise HilonasError(f"warmup={s['warmup']!r} must be an integer >= 0")
+    """Measurement settings: :data:`hilonas.latency.measure.MEASURE_DEFAULTS` plus ``group``, with overrides."""
+    from hilonas.latency.measure import timing_settings
+
+    group = overrides.pop("group", None)
+    s = timing_settings(**overrides)
+    s["group"] = DEFAULT_GROUP if group is None else group
+    if isinstance(s["group"], bool) or not isinstance(s["group"], int) or s["group"] < 1:
+        raise HilonasError(f"group={s['group']!r} must be an integer >= 1")
     return s
 
 
@@ -156,51 +154,6 @@ class _NoProgress:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def _timing_kw(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: settings[k] for k in _TIMING_KEYS}
-
-
-def _measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, settings: dict[str, Any]) -> list[Any]:
-    """Time ``keys`` together (round-robin passes); per-block Timings, chained blocks divided by the chain."""
-    from hilonas.latency.measure import _device_of, block_module
-    from hilonas.latency.timing import time_rounds
-
-    dev = _device_of(fp)
-    fns, chains = [], []
-    for key in keys:
-        n = settings["chain"] if key.kind == "block" else 1
-        module, inputs = block_module(key, batch=fp.batch, chain=n, device=dev)
-        fns.append(lambda m=module, i=inputs: m(*i))
-        chains.append(n)
-    timings = time_rounds(fns, rounds=settings["rounds"], threads=fp.threads if dev == "cpu" else None, device=dev,
-                          **_timing_kw(settings))
-    for t, n in zip(timings, chains):
-        if n > 1:
-            t.median_ms /= n
-            t.samples_ms = [s / n for s in t.samples_ms]
-    return timings
-
-
-def _measure_networks(archs: Sequence[ArchConfig], fp: Fingerprint, settings: dict[str, Any],
-                      on_done: Callable[[], None] | None = None) -> list[Any]:
-    """Whole-network Timings for ``archs`` with the blocks' protocol, in groups (models built per group)."""
-    from hilonas.latency.measure import _device_of, build_arch_model
-    from hilonas.latency.timing import time_rounds
-
-    dev = _device_of(fp)
-    out = []
-    for group in _chunks(list(archs), settings["group"]):
-        models = [build_arch_model(a, fp) for a in group]
-        fns = [lambda m=m, x=x: m(x) for m, x in models]
-        out += time_rounds(fns, rounds=settings["rounds"], threads=fp.threads if dev == "cpu" else None, device=dev,
-                           **_timing_kw(settings))
-        del models, fns
-        if on_done is not None:
-            for _ in group:
-                on_done()
-    return out
 
 
 # -------------------------------------------------------------------------------------------------- calibration
@@ -300,6 +253,23 @@ def _open(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path, force: bo
     return space, LatencyTable.open(fp, tables_dir, force=force)
 
 
+def _table_settings(table: LatencyTable, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The table's own measurement settings (defaults where it has none), with ``overrides`` that are not None."""
+    from hilonas.latency.measure import MEASURE_DEFAULTS
+
+    known = (*MEASURE_DEFAULTS, "group")
+    base = {k: table.settings[k] for k in known if k in table.settings}
+    if table.entries and "statistic" not in table.settings:
+        base["statistic"] = "median"  # a table written before 'min' existed
+    return _settings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _warn_busy(busy: float | None) -> None:
+    if busy is not None and busy > 0.25:
+        print(f"warning: other processes are using {busy:.0%} of the CPUs; timings will be noisy "
+              "(measure on an idle machine for a table you keep)", file=sys.stderr)
+
+
 def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path = DEFAULT_TABLES_DIR,
                 calib_networks: int = DEFAULT_CALIB_NETWORKS, progress: bool = True, force: bool = False,
                 recalibrate: bool = False, seed: int = 0,
@@ -310,49 +280,48 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
         space: the search space (its blocks at ``fp.resolution``).
         fp: the target; must be this machine's (measurements run here).
         tables_dir: where the table file lives.
-        calib_networks: whole networks measured to fit the calibration (0: no calibration).
+        calib_networks: whole networks measured to fit the calibration (0: none).
         progress: show a rich progress bar with ETA on stderr.
         force: use an existing table file even if its fingerprint differs.
-        recalibrate: refit the calibration even when the table already has one and no block was added.
+        recalibrate: refit the calibration even when the table has one and no block was added.
         seed: seed of the calibration networks' sampling.
-        on_block: called with each key after it is stored (tests use it to interrupt a build).
-        **settings: measurement settings (warmup, repeats, max_spread, max_attempts, rounds, chain, group);
-            those of an existing table are kept unless given.
+        on_block: called with each key once it is saved (tests use it to interrupt a build).
+        **settings: measurement settings (warmup, repeats, max_spread, max_attempts, rounds, chain, statistic,
+            group); an existing table's own settings are kept unless given.
 
-    The table is saved after every group of blocks, so an interrupted build loses at most one group. The returned
-    table has ``build_stats``: blocks_total, blocks_measured, networks_measured, seconds, calibration method.
+    The table is saved after every group of blocks, so an interrupted build loses at most one group and the next
+    build measures only the rest. The returned table carries ``build_stats``: blocks_total, blocks_measured,
+    networks_measured, seconds, calibration (method), machine_busy, path.
     """
+    from hilonas.latency.measure import measure_blocks
+
     started = time.perf_counter()
     space, table = _open(space, fp, tables_dir, force)
-    base = {k: table.settings[k] for k in DEFAULT_SETTINGS if k in table.settings}
-    merged = _settings(**{**base, **{k: v for k, v in settings.items() if v is not None}})
+    merged = _table_settings(table, settings)
     keys = space.enumerate_blocks()
     missing = table.missing(keys)
-    busy = machine_busy() if missing or calib_networks else None
-    if merged != base or not table.settings:
-        table.set_settings({**table.settings, **merged, "statistic": "median of the least disturbed of `rounds` "
-                            "passes", "model_code": _model_code_hash()})
-    if busy is not None and busy > 0.25:
-        print(f"warning: other processes are using {busy:.0%} of the CPUs; timings will be noisy "
-              "(measure on an idle machine for a table you keep)", file=sys.stderr)
+    need_cal = calib_networks > 0 and bool(recalibrate or missing or table.calibration is None)
+    busy = machine_busy() if missing or need_cal else None
+    _warn_busy(busy)
+    if any(table.settings.get(k) != v for k, v in merged.items()):
+        table.set_settings({**table.settings, **merged, "model_code": _model_code_hash()})
     measured = 0
-    need_cal = calib_networks > 0 and (recalibrate or missing or table.calibration is None)
     with _progress(progress and bool(missing or need_cal)) as bar:
         if missing:
             task = bar.add_task(f"blocks of {space.name}", total=len(missing))
             for group in _chunks(missing, merged["group"]):
-                timings = _measure_blocks(group, fp, merged)
+                timings = measure_blocks(group, fp, **{k: v for k, v in merged.items() if k != "group"})
                 for key, t in zip(group, timings):
                     table.add(key, t, chain=merged["chain"] if key.kind == "block" else 1)
-                    measured += 1
                 table.save()
+                measured += len(group)
                 for key in group:
                     bar.advance(task)
                     if on_block is not None:
                         on_block(key)
         if need_cal:
             task = bar.add_task("calibration networks", total=calib_networks)
-            _calibrate(table, space, fp, merged, calib_networks, seed, lambda: bar.advance(task))
+            _calibrate(table, space, fp, merged, calib_networks, seed, lambda _a: bar.advance(task))
             table.save()
     if not table.path.exists():
         table.save()
@@ -365,20 +334,23 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
 
 
 def _calibrate(table: LatencyTable, space: SearchSpace, fp: Fingerprint, settings: dict[str, Any], n: int, seed: int,
-               on_done: Callable[[], None]) -> None:
+               on_done: Callable[[ArchConfig], None]) -> None:
+    from hilonas.latency.measure import figure_ms, measure_archs
+
     archs = sample_archs(space, n, f"calibration:{seed}")
-    timings = _measure_networks(archs, fp, settings, on_done)
+    timings = measure_archs(archs, fp, on_done=on_done, **settings)
     predictor = LatencyPredictor(table)
     raw = [predictor.breakdown(a) for a in archs]
-    measured = [t.median_ms for t in timings]
+    measured = [figure_ms(t, settings["statistic"]) for t in timings]
     cal = fit_calibration(raw, measured)
     cal.update({
         "fitted_on": len(archs),
         "seed": seed,
+        "statistic": settings["statistic"],
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "networks": [{"arch": a.to_dict(), "describe": a.describe(), "measured_ms": round(t.median_ms, 4),
-                      "raw_ms": round(sum(r.values()), 4), "spread": round(t.spread, 4)}
-                     for a, t, r in zip(archs, timings, raw)],
+        "networks": [{"describe": a.describe(), "measured_ms": round(m, 4), "median_ms": round(t.median_ms, 4),
+                      "raw_ms": round(sum(r.values()), 4), "spread": round(t.spread, 4), "arch": a.to_dict()}
+                     for a, t, m, r in zip(archs, timings, measured, raw)],
     })
     table.set_calibration(cal)
 
@@ -394,7 +366,7 @@ def ensure_table(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path = D
     if not table.missing(space_r.enumerate_blocks()) and (table.calibration is not None or not calib):
         table.build_stats = {"blocks_total": len(table.entries), "blocks_measured": 0, "networks_measured": 0,
                              "seconds": 0.0, "calibration": (table.calibration or {}).get("method"),
-                             "path": str(table.path)}
+                             "machine_busy": None, "path": str(table.path)}
         return table
     return build_table(space, fp, tables_dir=tables_dir, progress=progress, force=force, **kwargs)
 
@@ -462,18 +434,21 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
         missing = predictor.missing(a)
         if missing:
             raise MissingBlockError(missing[0], table)
-    base = {k: table.settings[k] for k in DEFAULT_SETTINGS if k in table.settings}
-    merged = _settings(**{**base, **{k: v for k, v in settings.items() if v is not None}})
+    merged = _table_settings(table, settings)
+    from hilonas.latency.measure import figure_ms, measure_archs
+
     busy = machine_busy()
+    _warn_busy(busy)
     with _progress(progress) as bar:
         task = bar.add_task("validation networks", total=n)
-        timings = _measure_networks(archs, fp, merged, lambda: bar.advance(task))
+        timings = measure_archs(archs, fp, on_done=lambda _a: bar.advance(task), **merged)
     rows = []
     for a, t in zip(archs, timings):
         pred = predictor.predict(a)
-        rows.append({"arch": a.describe(), "predicted_ms": round(pred, 4), "measured_ms": round(t.median_ms, 4),
-                     "raw_ms": round(predictor.predict_raw(a), 4), "error": round(pred / t.median_ms - 1, 5),
-                     "spread": round(t.spread, 4), "noisy": t.noisy})
+        measured = figure_ms(t, merged["statistic"])
+        rows.append({"arch": a.describe(), "predicted_ms": round(pred, 4), "measured_ms": round(measured, 4),
+                     "median_ms": round(t.median_ms, 4), "raw_ms": round(predictor.predict_raw(a), 4),
+                     "error": round(pred / measured - 1, 5), "spread": round(t.spread, 4), "noisy": t.noisy})
     errors = [abs(r["error"]) for r in rows]
     result = {
         "n": n,
@@ -484,6 +459,7 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
         "spearman": spearman([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
         "bias": sum(r["error"] for r in rows) / n,
         "calibration": (table.calibration or {}).get("method"),
+        "statistic": merged["statistic"],
         "machine_busy": busy,
         "seconds": round(time.perf_counter() - started, 2),
         "table": str(table.path),

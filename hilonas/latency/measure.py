@@ -2,20 +2,22 @@
 
 ``block_module(key)`` builds exactly the module the network runs for a :class:`BlockKey` (``make_block`` for blocks,
 ``PatchEmbed`` for the stem, ``Merge`` between stages, final LayerNorm + token mean + Linear for the head) with the
-inputs it receives there. ``measure_block`` and ``measure_arch`` time them under a :class:`Fingerprint`'s settings
-(device, threads, batch, image size).
+inputs it receives there. ``measure_block(s)`` and ``measure_arch(s)`` time them under a :class:`Fingerprint`'s
+settings (device, threads, batch, image size) with one protocol, so table entries and whole networks compare:
 
-Why a block is timed as a chain: a plain sum of isolated-block medians underpredicts whole networks, because a
-block timed alone runs on its own output-sized input with its weights hot in cache, and each timed call pays
-the harness's per-call overhead once. In the network, blocks of a stage follow each other with *distinct* weights
-and fresh activations. So a shape-preserving block (the transformer / ConvFFN blocks, which are most of the time)
-is timed as a chain of ``chain`` copies with distinct weights, each feeding the next, divided by ``chain``: the
-figure is what one block costs in the middle of a stage. Stem, merges and head change shapes and run once per
-network, so they are timed alone.
+- callables are timed together in ``rounds`` round-robin passes (:func:`hilonas.latency.timing.time_rounds`), each
+  pass a warm-up and ``repeats`` calls, re-measured while noisy (``max_spread``, ``max_attempts``);
+- the figure a table keeps is named by ``statistic``: 'min' (default; the fastest pooled sample) or 'median'.
+  On a machine that other processes share, the median moves with their load by tens of percent while the minimum,
+  the run nothing disturbed, repeats within a few percent (the timeit module's advice); on an idle machine the two
+  differ by a few percent and either works. Both are stored with every entry.
+- a shape-preserving block (transformer / ConvFFN, most of a network's time) is timed as a chain of ``chain``
+  distinct copies run in sequence and divided by ``chain``, as the blocks of a stage run: its weights do not sit in
+  cache from the previous call of the same block, which a block timed alone enjoys and the network does not.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -24,11 +26,15 @@ from hilonas.config import ArchConfig, Stage
 from hilonas.errors import HilonasError
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.keys import BlockKey
-from hilonas.latency.timing import Timing, time_callable
+from hilonas.latency.timing import Timing, time_rounds
 
-__all__ = ["Head", "BlockChain", "block_module", "measure_block", "measure_arch", "DEFAULT_CHAIN", "timing_settings"]
+__all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
+           "measure_arch", "measure_archs", "figure_ms", "timing_settings", "MEASURE_DEFAULTS", "STATISTICS"]
 
-DEFAULT_CHAIN = 3
+MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 30, "max_spread": 0.1, "max_attempts": 3, "rounds": 3,
+                                    "chain": 3, "statistic": "min"}
+STATISTICS = ("min", "median")
+_HARNESS_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
 
 
 class Head(nn.Module):
@@ -56,18 +62,41 @@ class BlockChain(nn.Module):
         return x
 
 
+def timing_settings(**overrides: Any) -> dict[str, Any]:
+    """:data:`MEASURE_DEFAULTS` with ``overrides`` (None keeps the default), checked; HilonasError names a bad one."""
+    unknown = set(overrides) - set(MEASURE_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown measurement setting {sorted(unknown)[0]!r}; known: {', '.join(MEASURE_DEFAULTS)}")
+    s = {**MEASURE_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    for name in ("repeats", "max_attempts", "rounds", "chain"):
+        if isinstance(s[name], bool) or not isinstance(s[name], int) or s[name] < 1:
+            raise HilonasError(f"{name}={s[name]!r} must be an integer >= 1")
+    if isinstance(s["warmup"], bool) or not isinstance(s["warmup"], int) or s["warmup"] < 0:
+        raise HilonasError(f"warmup={s['warmup']!r} must be an integer >= 0")
+    if not isinstance(s["max_spread"], (int, float)) or s["max_spread"] <= 0:
+        raise HilonasError(f"max_spread={s['max_spread']!r} must be a positive number")
+    if s["statistic"] not in STATISTICS:
+        raise HilonasError(f"statistic={s['statistic']!r} is unknown: use one of {', '.join(STATISTICS)}")
+    return s
+
+
+def figure_ms(timing: Timing, statistic: str = "min") -> float:
+    """The figure of ``timing`` a table keeps: its fastest sample ('min') or its median."""
+    return timing.min_ms if statistic == "min" else timing.median_ms
+
+
+# ------------------------------------------------------------------------------------------------------- modules
 def _alpha_for(key: BlockKey) -> float:
-    """An alpha that gives ``key.lofi`` Lo-Fi heads with ``int(heads * alpha)`` (exact, no float rounding down)."""
-    if key.mixer != "hilo" or key.window == 1 or key.heads == 0:
-        return 1.0 if key.mixer == "hilo" else 0.0
-    alpha = min(1.0, (key.lofi + 0.5) / key.heads)
-    assert int(key.heads * alpha) == key.lofi
-    return alpha
+    """An alpha for which ``int(heads * alpha) == key.lofi`` (the midpoint, so float rounding cannot move it)."""
+    if key.mixer != "hilo":
+        return 0.0
+    if key.window == 1 or key.lofi >= key.heads:
+        return 1.0
+    return (key.lofi + 0.5) / key.heads
 
 
 def _stage_of(key: BlockKey) -> Stage:
-    ratio = key.hidden / key.dim
-    return Stage(1, key.dim, max(key.heads, 1), ratio, key.mixer, _alpha_for(key), max(key.window, 1))
+    return Stage(1, key.dim, max(key.heads, 1), key.hidden / key.dim, key.mixer, _alpha_for(key), max(key.window, 1))
 
 
 def _make_one(key: BlockKey, fused: bool) -> nn.Module:
@@ -85,7 +114,7 @@ def _make_one(key: BlockKey, fused: bool) -> nn.Module:
     raise HilonasError(f"block kind {key.kind!r} of {key.id} is unknown: expected stem, block, merge or head")
 
 
-def block_module(key: BlockKey, batch: int = 1, fused: bool = True, chain: int = 1,
+def block_module(key: BlockKey, batch: int = 1, fused: bool = True, *, chain: int = 1,
                  device: str | torch.device = "cpu") -> tuple[nn.Module, tuple[Any, ...]]:
     """The module the network runs for ``key`` and the inputs it gets there, in eval mode on ``device``.
 
@@ -98,44 +127,46 @@ def block_module(key: BlockKey, batch: int = 1, fused: bool = True, chain: int =
 
     Returns:
         ``(module, inputs)``: ``module(*inputs)`` is what the network computes there. Stem: image
-        ``(batch, in_chans, h, w)``; block / merge: tokens ``(batch, h*w, C)``, ``h``, ``w``; head: tokens.
+        ``(batch, in_chans, h, w)``; block and merge: tokens ``(batch, h*w, C)``, ``h``, ``w``; head: tokens.
     """
     if chain < 1:
         raise ValueError(f"chain must be >= 1, got {chain}")
     if chain > 1 and key.kind != "block":
         raise ValueError(f"only 'block' keys can be chained, not {key.kind!r} ({key.id})")
-    torch.manual_seed(0)
-    if chain > 1:
-        module: nn.Module = BlockChain([_make_one(key, fused) for _ in range(chain)])
-    else:
-        module = _make_one(key, fused)
     from hilonas.models.hilonet import _init_weights
 
+    torch.manual_seed(0)
+    module = BlockChain([_make_one(key, fused) for _ in range(chain)]) if chain > 1 else _make_one(key, fused)
     module.apply(_init_weights)
     module = module.to(device).eval()
     g = torch.Generator().manual_seed(1)
     if key.kind == "stem":
         inputs: tuple[Any, ...] = (torch.randn(batch, key.in_chans, key.h, key.w, generator=g).to(device),)
-    elif key.kind == "merge":
-        inputs = (torch.randn(batch, key.h * key.w, key.in_chans, generator=g).to(device), key.h, key.w)
     elif key.kind == "head":
         inputs = (torch.randn(batch, key.h * key.w, key.dim, generator=g).to(device),)
     else:
-        inputs = (torch.randn(batch, key.h * key.w, key.dim, generator=g).to(device), key.h, key.w)
+        channels = key.in_chans if key.kind == "merge" else key.dim
+        inputs = (torch.randn(batch, key.h * key.w, channels, generator=g).to(device), key.h, key.w)
     return module, inputs
 
 
-def timing_settings(**overrides: Any) -> dict[str, Any]:
-    """The default timing settings of table entries, with overrides (warmup, repeats, max_spread, max_attempts)."""
-    settings = {"warmup": 5, "repeats": 30, "max_spread": 0.1, "max_attempts": 3}
-    unknown = set(overrides) - set(settings)
-    if unknown:
-        raise TypeError(f"unknown timing setting {sorted(unknown)[0]!r}; known: {', '.join(settings)}")
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return settings
+def build_arch_model(arch: ArchConfig, fp: Fingerprint, fused: bool = True) -> tuple[nn.Module, torch.Tensor]:
+    """The network for ``arch`` at ``fp.resolution`` on ``fp``'s device with a ``fp.batch`` input, in eval mode."""
+    import dataclasses
+
+    from hilonas.models import HiLoNet
+
+    if arch.img_size != fp.resolution:
+        arch = dataclasses.replace(arch, img_size=fp.resolution).validate()
+    dev = device_of(fp)
+    torch.manual_seed(0)
+    model = HiLoNet(arch, fused=fused).to(dev).eval()
+    x = torch.randn(fp.batch, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(1))
+    return model, x.to(dev)
 
 
-def _device_of(fp: Fingerprint) -> str:
+def device_of(fp: Fingerprint) -> str:
+    """The torch device ``fp`` measures on; HilonasError when it is CUDA and no CUDA device is visible."""
     if fp.device_kind == "cuda":
         if not torch.cuda.is_available():
             raise HilonasError(f"fingerprint {fp.id} targets CUDA but no CUDA device is visible here: "
@@ -144,43 +175,59 @@ def _device_of(fp: Fingerprint) -> str:
     return "cpu"
 
 
-def measure_block(key: BlockKey, fp: Fingerprint, *, chain: int | None = None, fused: bool = True,
-                  **timing_kw: Any) -> Timing:
-    """Median latency of one ``key`` block on ``fp``'s target (ms per block).
+# ------------------------------------------------------------------------------------------------------ measuring
+def _time(fns: Sequence[Callable[[], Any]], fp: Fingerprint, s: dict[str, Any]) -> list[Timing]:
+    dev = device_of(fp)
+    return time_rounds(fns, rounds=s["rounds"], threads=fp.threads if dev == "cpu" else None, device=dev,
+                       **{k: s[k] for k in _HARNESS_KEYS})
 
-    A 'block' key is timed as a chain of ``chain`` copies (default :data:`DEFAULT_CHAIN`) and the figures divided by
-    the chain length; other kinds alone. ``timing_kw`` go to :func:`time_callable` (warmup, repeats, max_spread,
-    max_attempts).
+
+def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = True, **settings: Any) -> list[Timing]:
+    """Timings (ms per block) of ``keys`` measured together on ``fp``'s target (see the module docstring).
+
+    ``settings``: warmup, repeats, max_spread, max_attempts, rounds, chain (others of :data:`MEASURE_DEFAULTS` are
+    accepted and ignored here). A chained block's samples are divided by the chain length.
     """
-    dev = _device_of(fp)
-    n = (DEFAULT_CHAIN if chain is None else chain) if key.kind == "block" else 1
-    module, inputs = block_module(key, batch=fp.batch, fused=fused, chain=n, device=dev)
-    t = time_callable(lambda: module(*inputs), threads=fp.threads if dev == "cpu" else None, device=dev,
-                      **timing_settings(**timing_kw))
-    if n > 1:
-        t.median_ms /= n
-        t.samples_ms = [s / n for s in t.samples_ms]
-    return t
+    s = timing_settings(**settings)
+    dev = device_of(fp)
+    fns, chains = [], []
+    for key in keys:
+        n = s["chain"] if key.kind == "block" else 1
+        module, inputs = block_module(key, batch=fp.batch, fused=fused, chain=n, device=dev)
+        fns.append(lambda m=module, i=inputs: m(*i))
+        chains.append(n)
+    timings = _time(fns, fp, s)
+    for t, n in zip(timings, chains):
+        if n > 1:
+            t.median_ms /= n
+            t.samples_ms = [v / n for v in t.samples_ms]
+    return timings
 
 
-def build_arch_model(arch: ArchConfig, fp: Fingerprint, fused: bool = True) -> tuple[nn.Module, torch.Tensor]:
-    """The network for ``arch`` at ``fp.resolution`` on ``fp``'s device, with a ``fp.batch`` input, eval mode."""
-    import dataclasses
-
-    from hilonas.models import HiLoNet
-
-    if arch.img_size != fp.resolution:
-        arch = dataclasses.replace(arch, img_size=fp.resolution).validate()
-    dev = _device_of(fp)
-    torch.manual_seed(0)
-    model = HiLoNet(arch, fused=fused).to(dev).eval()
-    x = torch.randn(fp.batch, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(1))
-    return model, x.to(dev)
+def measure_block(key: BlockKey, fp: Fingerprint, *, fused: bool = True, **settings: Any) -> Timing:
+    """Timing (ms per block) of one ``key`` on ``fp``'s target; see :func:`measure_blocks`."""
+    return measure_blocks([key], fp, fused=fused, **settings)[0]
 
 
-def measure_arch(arch: ArchConfig, fp: Fingerprint, *, fused: bool = True, **timing_kw: Any) -> Timing:
-    """Median latency of the whole network for ``arch`` (ms) on ``fp``'s target, batch, threads and resolution."""
-    model, x = build_arch_model(arch, fp, fused)
-    dev = _device_of(fp)
-    return time_callable(lambda: model(x), threads=fp.threads if dev == "cpu" else None, device=dev,
-                         **timing_settings(**timing_kw))
+def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True, group: int = 8,
+                  on_done: Callable[[ArchConfig], None] | None = None, **settings: Any) -> list[Timing]:
+    """Whole-network Timings of ``archs`` on ``fp``'s target, batch, threads and resolution, with the blocks'
+    protocol: ``group`` networks at a time are built and timed together in round-robin passes."""
+    s = timing_settings(**settings)
+    out: list[Timing] = []
+    archs = list(archs)
+    for i in range(0, len(archs), group):
+        part = archs[i:i + group]
+        models = [build_arch_model(a, fp, fused) for a in part]
+        out += _time([lambda m=m, x=x: m(x) for m, x in models], fp, s)
+        del models
+        if on_done is not None:
+            for a in part:
+                on_done(a)
+    return out
+
+
+def measure_arch(arch: ArchConfig, fp: Fingerprint, *, fused: bool = True, **settings: Any) -> Timing:
+    """Timing (ms) of the whole network for ``arch`` on ``fp``'s target; compare ``figure_ms(t, statistic)`` with
+    a table's prediction (``min_ms`` for tables built with the default statistic)."""
+    return measure_archs([arch], fp, fused=fused, **settings)[0]

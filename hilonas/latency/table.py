@@ -9,7 +9,11 @@ The one place that knows the table file format::
                       batch, resolution},
       "settings": {how entries were measured: warmup, repeats, max_spread, max_attempts, chain, ...},
       "calibration": null | {"method", "scale", "intercept_ms", ... networks it was fitted on},
-      "entries": {"<BlockKey.id>": {"key": {...}, "median_ms", "spread", "runs", "noisy", "measured_at", ...}}
+      "entries": {"<BlockKey.id>": {"key": {...}, "median_ms", "min_ms", "spread", "runs", "noisy", "measured_at",
+                                    ...}}
+
+Predictions use ``min_ms`` when ``settings.statistic`` is 'min' (what ``hilonas latency build`` writes), else
+``median_ms``.
     }
 
 Promises: writes are atomic (temporary file in the same folder, fsync, rename) and several processes can add entries
@@ -136,9 +140,10 @@ class LatencyTable:
         for kid, entry in entries.items():
             if not isinstance(entry, dict) or any(f not in entry for f in _ENTRY_FIELDS):
                 raise corrupt(f"entry {kid!r} lacks one of {', '.join(_ENTRY_FIELDS)}")
-            ms = entry["median_ms"]
-            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
-                raise corrupt(f"entry {kid!r} has median_ms={ms!r}, not a non-negative number")
+            for name in ("median_ms", "min_ms"):
+                ms = entry.get(name, 0.0)
+                if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+                    raise corrupt(f"entry {kid!r} has {name}={ms!r}, not a non-negative number")
             try:
                 key = BlockKey.from_dict(entry["key"])
             except (TypeError, ValueError):
@@ -175,9 +180,18 @@ class LatencyTable:
             key = self._keys[kid] = BlockKey.from_dict(self.entries[kid]["key"])
         return key
 
+    @property
+    def statistic(self) -> str:
+        """Which stored figure predictions use: 'min' or 'median' (``settings['statistic']``, default 'median')."""
+        return "min" if self.settings.get("statistic") == "min" else "median"
+
     def latency_ms(self, key: BlockKey | str) -> float:
-        """The stored median of ``key`` in ms; KeyError when missing."""
-        return float(self.entries[key.id if isinstance(key, BlockKey) else key]["median_ms"])
+        """The figure of ``key`` in ms that predictions use (``min_ms`` or ``median_ms``, per :attr:`statistic`;
+        ``median_ms`` for an entry without ``min_ms``). KeyError when missing."""
+        entry = self.entries[key.id if isinstance(key, BlockKey) else key]
+        if self.statistic == "min" and "min_ms" in entry:
+            return float(entry["min_ms"])
+        return float(entry["median_ms"])
 
     def missing(self, keys: Iterable[BlockKey]) -> list[BlockKey]:
         """The keys of ``keys`` that have no entry, each once, in the order given."""
@@ -190,16 +204,18 @@ class LatencyTable:
         return out
 
     def add(self, key: BlockKey, timing: Any, **extra: Any) -> dict[str, Any]:
-        """Store ``timing`` (a :class:`~hilonas.latency.timing.Timing`, or a dict with median_ms/spread/runs/noisy)
-        for ``key``; ``extra`` fields go into the entry. Not written until :meth:`save`. Returns the entry."""
+        """Store ``timing`` (a :class:`~hilonas.latency.timing.Timing`, or a dict with median_ms and optionally
+        min_ms/spread/runs/noisy) for ``key``; ``extra`` fields go into the entry. Not written until :meth:`save`.
+        Returns the entry."""
         t = timing.to_dict() if hasattr(timing, "to_dict") else dict(timing)
-        entry = {"key": key.to_dict(), "median_ms": float(t["median_ms"]), "spread": float(t.get("spread", 0.0)),
+        entry = {"key": key.to_dict(), "median_ms": round(float(t["median_ms"]), 6),
+                 "spread": round(float(t.get("spread", 0.0)), 4),
                  "runs": int(t.get("runs", 0)), "noisy": bool(t.get("noisy", False)),
                  "attempts": int(t.get("attempts", 1)), "measured_at": _now()}
-        samples = t.get("samples_ms")
-        if samples:
-            s = sorted(samples)
-            entry["min_ms"] = float(s[0])
+        if t.get("samples_ms"):
+            entry["min_ms"] = round(float(min(t["samples_ms"])), 6)
+        elif "min_ms" in t:
+            entry["min_ms"] = round(float(t["min_ms"]), 6)
         entry.update(extra)
         self.entries[key.id] = entry
         self._keys[key.id] = key
@@ -255,7 +271,7 @@ class LatencyTable:
                         self.calibration = calibration
                     if not self._settings_dirty:
                         self.settings = settings
-                self._write_atomic(json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
+                self._write_atomic(_dumps(self.to_dict()))
         except Timeout:
             raise HilonasError(f"latency table {self.path} stayed locked for {_LOCK_TIMEOUT_S:.0f} s by another "
                                f"process: if none is running, delete {self.path}.lock") from None
@@ -281,6 +297,30 @@ class LatencyTable:
     def describe(self) -> str:
         cal = "calibrated" if self.calibration else "not calibrated"
         return f"{self.path}: {len(self.entries)} blocks, {cal}, {self.fingerprint.describe()}"
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    """JSON laid out for people: one line per field, per entry and per calibration network."""
+    def one(v: Any) -> str:
+        return json.dumps(v, separators=(", ", ": "))
+
+    lines = []
+    for name, value in data.items():
+        if name == "entries" and value:
+            body = ",\n".join(f"  {one(k)}: {one(v)}" for k, v in value.items())
+            lines.append(f' "entries": {{\n{body}\n }}')
+        elif name == "calibration" and isinstance(value, dict):
+            parts = []
+            for k, v in value.items():
+                if k == "networks" and isinstance(v, list) and v:
+                    nets = ",\n".join(f"   {one(n)}" for n in v)
+                    parts.append(f'  "networks": [\n{nets}\n  ]')
+                else:
+                    parts.append(f"  {one(k)}: {one(v)}")
+            lines.append(' "calibration": {\n' + ",\n".join(parts) + "\n }")
+        else:
+            lines.append(f" {one(name)}: {one(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def list_tables(tables_dir: str | Path = DEFAULT_TABLES_DIR) -> list[tuple[Path, Fingerprint | None, str]]:

@@ -7,6 +7,7 @@ Every latency figure in the project (block tables, whole networks, benches) come
 - ``time_module(module, example_input, ...)``: the same for ``module(*inputs)`` in eval mode.
 - ``num_threads(n)``: a context manager that pins torch's intra-op thread count and restores it.
 - ``median_of`` / ``spread_of``: the statistics every caller reports.
+- ``time_rounds(fns, rounds)``: several callables in round-robin passes of ``time_callable``, samples pooled.
 
 All calls run under ``torch.inference_mode()``. On CPU a call is timed with ``time.perf_counter``; on CUDA with
 a pair of ``torch.cuda.Event`` s around the call followed by a synchronize, so queued kernels are counted.
@@ -24,7 +25,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-__all__ = ["Timing", "num_threads", "time_once", "time_callable", "time_module", "median_of", "spread_of"]
+__all__ = ["Timing", "num_threads", "time_once", "time_callable", "time_module", "median_of", "spread_of",
+           "time_rounds"]
 
 # Indirection so tests can substitute a deterministic clock.
 _clock: Callable[[], float] = time.perf_counter
@@ -56,6 +58,11 @@ class Timing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def min_ms(self) -> float:
+        """The fastest kept sample: the least disturbed figure when other processes share the machine."""
+        return min(self.samples_ms) if self.samples_ms else self.median_ms
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -224,30 +231,28 @@ def time_module(module: torch.nn.Module, example_input: Any, **kwargs: Any) -> T
 
 
 def time_rounds(fns: Sequence[Callable[[], Any]], *, rounds: int = 3, **kwargs: Any) -> list[Timing]:
-    """Time several callables in ``rounds`` round-robin passes of :func:`time_callable`; keep each one's quietest pass.
+    """Time several callables in ``rounds`` round-robin passes of :func:`time_callable`, pooling each one's samples.
 
     Other processes slow a measurement in bursts. Measuring ``fns[0], fns[1], ...`` once per pass, ``rounds`` times,
-    spreads each callable's samples over the whole run, and keeping the pass with the lowest median (the least
-    disturbed window) gives figures that agree between callables measured minutes apart. ``kwargs`` go to
-    :func:`time_callable` for every pass; the warm-up is paid on the first pass only. The returned Timing is the kept
-    pass's, with ``attempts`` summed over all passes.
+    spreads each callable's samples over the whole run, so a burst hits every callable alike and each callable gets
+    its share of the quiet moments. ``kwargs`` go to :func:`time_callable` for every pass (the full warm-up on the
+    first pass, one call after: the other callables ran in between). Each returned Timing pools the samples of all
+    passes (median, spread and runs over the pool); ``attempts`` sums the passes' attempts, and ``noisy`` is True
+    only when every pass was.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    best: list[Timing | None] = [None] * len(fns)
-    attempts = [0] * len(fns)
+    passes: list[list[Timing]] = [[] for _ in fns]
     for r in range(rounds):
         kw = dict(kwargs)
         if r > 0:
-            kw["warmup"] = min(1, kwargs.get("warmup", 5))  # one call to bring the callable back into cache
+            kw["warmup"] = min(1, kwargs.get("warmup", 5))
         for i, fn in enumerate(fns):
-            t = time_callable(fn, **kw)
-            attempts[i] += t.attempts
-            if best[i] is None or t.median_ms < best[i].median_ms:
-                best[i] = t
+            passes[i].append(time_callable(fn, **kw))
     out = []
-    for t, n in zip(best, attempts):
-        assert t is not None
-        t.attempts = n
-        out.append(t)
+    for ts in passes:
+        pooled = [s for t in ts for s in t.samples_ms]
+        out.append(Timing(median_ms=median_of(pooled), spread=spread_of(pooled), runs=len(pooled), samples_ms=pooled,
+                          device=ts[0].device, threads=ts[0].threads, noisy=all(t.noisy for t in ts),
+                          attempts=sum(t.attempts for t in ts)))
     return out

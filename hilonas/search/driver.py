@@ -78,6 +78,7 @@ class SearchSummary:
     front_size: int
     table: str
     stale_recovered: int = 0
+    loop_seconds: float = 0.0  # from the first ask to the last tell (excludes startup and the table build)
     table_measured_on: str | None = None  # Ray node id where missing blocks were measured (cluster runs)
 
 
@@ -172,6 +173,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
         max_failures = settings.max_failures if settings.max_failures is not None else 2 * settings.trials + 5
         view = _Progress(progress, settings.trials, executor.description)
         view.update(studies.finished_count(study), 0, 0, _front_size(study))
+        loop_started = time.perf_counter()
 
         def tell(trial: optuna.trial.Trial, values: list[float] | None, state: TrialState, attrs: dict) -> None:
             for key, value in attrs.items():
@@ -242,6 +244,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
                     "number": trial.number, "accuracy": result["accuracy"], **attrs}
                 _emit(on_event, "complete", {"number": trial.number, "accuracy": result["accuracy"]})
                 view.update(studies.finished_count(study), len(in_flight), failed, _front_size(study))
+        loop_seconds = time.perf_counter() - loop_started
     except KeyboardInterrupt:
         for handle, trial in in_flight.items():
             executor.cancel(handle)
@@ -257,7 +260,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
     return SearchSummary(study=name, storage=storage_url, finished=studies.finished_count(study), failed=failed,
                          new_trials=new_trials, wall_seconds=time.perf_counter() - started,
                          eval_seconds=eval_seconds, front_size=_front_size(study), table=str(table.path),
-                         stale_recovered=stale, table_measured_on=getattr(executor, "last_pinned_node", None))
+                         stale_recovered=stale, loop_seconds=loop_seconds, table_measured_on=getattr(executor, "last_pinned_node", None))
 
 
 def _arch_key(arch: ArchConfig) -> tuple:

@@ -35,3 +35,14 @@ def make_settings(workdir, **kw):
                 sampler="random")
     base.update(kw)
     return SearchSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def export_study(tmp_path_factory):
+    """A folder holding a finished 4-trial study 'ex' of the tiny space (runs/ex/study.db) and its table."""
+    from hilonas.search.driver import run_search
+
+    workdir = tmp_path_factory.mktemp("export")
+    (workdir / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    run_search(make_settings(workdir, trials=4, workers=1, executor="local", study="ex"), progress=False)
+    return workdir

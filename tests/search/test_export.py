@@ -1,0 +1,90 @@
+"""Export round trip from a real (small) study: YAML -> the trial's model, timm route, ONNX, weights, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import yaml
+
+import hilonas
+from hilonas.config import ArchConfig
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    return subprocess.run([sys.executable, "-m", "hilonas.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def test_export_round_trip_timm_onnx_weights(export_study):
+    study = export_study
+    out = cli("export", "ex", "--trial", "0", "--onnx", "--weights", "--epochs", "0.05", "--json",
+              "--out", str(study / "exp"), "--runs", str(study / "runs"), cwd=study)
+    assert out.returncode == 0, out.stderr[-3000:]
+    prov = json.loads(out.stdout)
+    doc = yaml.safe_load((study / "exp" / "arch.yaml").read_text())
+    import optuna
+
+    trial = optuna.load_study(study_name="ex", storage=f"sqlite:///{study / 'runs' / 'ex' / 'study.db'}").trials[0]
+    arch = ArchConfig.from_dict(doc)
+    trial_arch = ArchConfig.from_dict(trial.user_attrs["arch"])
+    assert list(arch.stages()) == list(trial_arch.stages())  # the exported architecture is the trial's
+    for key in ("study", "trial", "fingerprint_id", "predicted_latency_ms", "proxy_accuracy", "flops", "params",
+                "hilonas_version"):
+        assert key in doc["provenance"], key
+    assert doc["provenance"]["predicted_latency_ms"] == pytest.approx(trial.user_attrs["predicted_latency_ms"])
+    # This machine is the study's target, so the latency was re-measured and compared.
+    m = prov["measurement"]
+    assert m["measured"] and m["measured_latency_ms"] > 0 and "error" in m
+    # Same model through hilonas and through timm; the saved weights load into both.
+    path = str(study / "exp" / "arch.yaml")
+    a = hilonas.create_model(path)
+    b = timm.create_model("hilonas_arch", config=path)
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    from safetensors.torch import load_file
+
+    weights = load_file(str(study / "exp" / "weights.safetensors"))
+    a.load_state_dict(weights), b.load_state_dict(weights)
+    a.eval(), b.eval()
+    x = torch.randn(2, 3, arch.img_size, arch.img_size)
+    torch.testing.assert_close(a(x), b(x))
+    assert prov["onnx"]["max_abs_diff"] <= 1e-4
+    assert (study / "exp" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["ghost", "--trial", "0"], "ghost"),
+    (["ex", "--trial", "99"], "--trial=99"),
+    (["ex", "--max-latency-ms", "0.000001"], "--max-latency-ms"),
+    (["ex", "--min-accuracy", "1.5"], "--min-accuracy"),
+    (["ex"], "exactly one of"),
+    (["ex", "--trial", "0", "--out", "/proc/nope/exp"], "/proc/nope"),
+])
+def test_export_bad_input(export_study, args, needle):
+    study = export_study
+    out = cli("export", *args, "--runs", str(study / "runs"), cwd=study)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+    leftovers = [p for p in (study / "runs" / "ex").iterdir() if p.name.startswith(("export", ".export"))]
+    assert not leftovers  # nothing half-written
+
+
+def test_results_and_pareto_page(export_study):
+    study = export_study
+    out = cli("results", "ex", "--csv", str(study / "r.csv"), "--runs", str(study / "runs"), cwd=study)
+    assert out.returncode == 0, out.stderr
+    import pandas as pd
+
+    df = pd.read_csv(study / "r.csv")
+    assert len(df) == 4 and df["on_front"].any()
+    out = cli("pareto", "ex", "--out", str(study / "p.html"), "--runs", str(study / "runs"), cwd=study)
+    assert out.returncode == 0, out.stderr
+    assert (study / "p.html").stat().st_size > 1_000_000
+    out = cli("pareto", "nope", "--runs", str(study / "runs"), cwd=study)
+    assert out.returncode == 2 and "nope" in out.stderr
