@@ -33,6 +33,7 @@ class _TimmHook(importlib.abc.MetaPathFinder):
 
         def exec_and_register(module: Any) -> None:
             exec_module(module)
+            # hilonas' own model code never imports timm, so hilonas.models can always be imported here.
             _register_timm()
 
         loader.exec_module = exec_and_register  # type: ignore[method-assign]

@@ -434,6 +434,7 @@ def export(study: str = typer.Argument(..., help="study name"),
            epochs: Optional[float] = typer.Option(None, help="epochs for --weights (default: the study's budget)"),
            onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked with onnxruntime"),
            no_measure: bool = typer.Option(False, "--no-measure", help="skip re-measuring the latency"),
+           force: bool = typer.Option(False, "--force", help="replace --out if it exists (once the export is done)"),
            storage: Optional[str] = typer.Option(None, help="Optuna storage URL when not the default file"),
            runs: str = typer.Option("runs", help="folder of studies"),
            as_json: bool = typer.Option(False, "--json", help="print the provenance as one JSON object")) -> None:
@@ -447,7 +448,7 @@ def export(study: str = typer.Argument(..., help="study name"),
     target = out or Path(runs) / study / f"export-trial{int(row['number'])}"
     _quiet_torch()
     prov = export_trial(row, study_settings(opened), target, weights=weights, onnx=onnx, measure=not no_measure,
-                        epochs=epochs)
+                        epochs=epochs, force=force)
     m = prov.get("measurement", {})
     if m.get("measured"):
         m["error"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0
@@ -537,8 +538,8 @@ def latency_build(space: str = typer.Option("litv2_tiny", help="a shipped space 
                   force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
                   recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
                   calib_networks: int = typer.Option(16, help="whole networks measured for the calibration"),
-                  repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 30)"),
-                  rounds: Optional[int] = typer.Option(None, help="round-robin passes (default 3)"),
+                  repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 20)"),
+                  rounds: Optional[int] = typer.Option(None, help="passes over all blocks (default 6)"),
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Measure every block of a space on this machine into its latency table, then fit the calibration."""
     if calib_networks < 0:

@@ -60,11 +60,17 @@ def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: 
 
 def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, *, weights: bool = False,
                  onnx: bool = False, measure: bool = True, epochs: float | None = None,
-                 data_spec: str | None = None) -> dict[str, Any]:
-    """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written."""
+                 data_spec: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written.
+
+    An existing non-empty ``out_dir`` is refused unless ``force``, which replaces it only once the new export is
+    complete.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise HilonasError(f"--out {out_dir} exists and is not an empty folder: choose a new folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HilonasError(f"--out {out_dir} is a file: choose a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise HilonasError(f"--out {out_dir} exists and is not empty: choose a new folder or pass --force")
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +105,13 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
         (tmp / "arch.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False,
                                                       default_flow_style=None))
         if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -49,8 +49,9 @@ def run_attention_bench(batch: int = 64, tokens: int = 14, dim: int = 768, heads
 
     Returns:
         ``{"device", "threads", "settings", "results": {"<mixer>-<fused|explicit>": img/s},
-        "ratios": {name: img/s / results["hilo-fused"]}, "median_ms", "spread", "params_m", "flops_m"}``;
-        flops_m are per image (multiply-accumulates, millions).
+        "ratios": {name: img/s / results["hilo-fused"]}, "median_ms", "min_ms", "spread", "params_m",
+        "flops_m"}``; img/s come from the medians; ``min_ms`` (the least disturbed round) helps read a run on a
+        shared machine; flops_m are per image (multiply-accumulates, millions).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -89,6 +90,7 @@ def run_attention_bench(batch: int = 64, tokens: int = 14, dim: int = 768, heads
         "results": results,
         "ratios": {name: v / ref for name, v in results.items()},
         "median_ms": median_ms,
+        "min_ms": {name: min(s) for name, s in samples.items()},
         "spread": {name: spread_of(s) for name, s in samples.items()},
         "params_m": {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in modules.items()},
         "flops_m": {k: m.flops(tokens, tokens) / 1e6 for k, m in modules.items()},

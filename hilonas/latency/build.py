@@ -1,16 +1,17 @@
 """Build, complete and validate the latency table of a search space on this machine.
 
 - :func:`build_table`: measure every distinct block of the space that the table lacks (a rich progress bar with ETA;
-  saved after every group of blocks, so an interrupted build resumes where it stopped), then measure a few whole
+  saved after every group of blocks, so an interrupted build resumes where it stopped), then measure some whole
   networks and fit the table's calibration on them.
 - :func:`ensure_table`: what a search calls before it starts: builds what is missing, silent when the table is complete.
-- :func:`validate_table`: sample networks the calibration never saw, measure them whole with the same harness and
+- :func:`validate_table`: sample networks the calibration never saw, measure them whole with the same protocol and
   report how far the predictions are off.
 
-Measurement protocol (the same for blocks and whole networks, recorded in the table's ``settings``): blocks are timed in
-groups, each group in ``rounds`` round-robin passes of the timing harness (:func:`hilonas.latency.timing.time_rounds`),
-each figure the median of ``repeats`` calls of the pass least disturbed by other processes. Shape-preserving blocks are
-timed as a chain of ``chain`` distinct copies (see :mod:`hilonas.latency.measure`).
+Measurement protocol (the same for blocks and whole networks, recorded in the table's ``settings``; details in
+:mod:`hilonas.latency.measure`): ``rounds`` passes over all blocks (or networks), each pass ``repeats`` timed calls
+per block after a warm-up; the figure kept is the fastest sample over the passes (``statistic: min``). Blocks that
+keep their shape are timed as a chain of ``chain`` distinct copies. A calibration fitted on whole networks corrects
+what a sum of blocks misses.
 """
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def space_at(space: SearchSpace, resolution: int) -> SearchSpace:
 def sample_archs(space: SearchSpace, n: int, seed: int | str,
                  exclude: set[ArchConfig] | None = None) -> list[ArchConfig]:
     """``n`` distinct architectures drawn uniformly from ``space`` with ``seed``, none of them in ``exclude``."""
+    if n > space.size():
+        raise HilonasError(f"space {space.name} has fewer than {n} distinct architectures ({space.size()} "
+                           "combinations at most): ask for fewer")
     rng = random.Random(seed)
     seen: set[ArchConfig] = set(exclude or ())
     out: list[ArchConfig] = []
@@ -298,34 +302,45 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     started = time.perf_counter()
     space, table = _open(space, fp, tables_dir, force)
     merged = _table_settings(table, settings)
+    rounds = merged["rounds"]
     keys = space.enumerate_blocks()
-    missing = table.missing(keys)
-    need_cal = calib_networks > 0 and bool(recalibrate or missing or table.calibration is None)
-    busy = machine_busy() if missing or need_cal else None
+    todo = table.incomplete(keys, rounds)
+    new_keys = len(table.missing(keys))
+    need_cal = calib_networks > 0 and bool(recalibrate or todo or table.calibration is None)
+    busy = machine_busy() if todo or need_cal else None
     _warn_busy(busy)
-    if any(table.settings.get(k) != v for k, v in merged.items()):
-        table.set_settings({**table.settings, **merged, "model_code": _model_code_hash()})
-    measured = 0
-    with _progress(progress and bool(missing or need_cal)) as bar:
-        if missing:
-            task = bar.add_task(f"blocks of {space.name}", total=len(missing))
-            for group in _chunks(missing, merged["group"]):
-                timings = measure_blocks(group, fp, **{k: v for k, v in merged.items() if k != "group"})
-                for key, t in zip(group, timings):
-                    table.add(key, t, chain=merged["chain"] if key.kind == "block" else 1)
-                table.save()
-                measured += len(group)
-                for key in group:
-                    bar.advance(task)
-                    if on_block is not None:
-                        on_block(key)
+    from hilonas.latency.measure import steady_allocator
+
+    extra = {"model_code": _model_code_hash(), "allocator": steady_allocator()}
+    if table.entries and table.settings.get("model_code") not in (None, extra["model_code"]):
+        print(f"warning: {table.path} was measured with other layer/model code than this hilonas has: delete it "
+              "and build again if the blocks' computation changed", file=sys.stderr)
+    if any(table.settings.get(k) != v for k, v in {**merged, **extra}.items()):
+        table.set_settings({**table.settings, **merged, **extra})
+    timing_kw = {k: v for k, v in merged.items() if k != "group"}
+    with _progress(progress and bool(todo or need_cal)) as bar:
+        if todo:
+            task = bar.add_task(f"blocks of {space.name}", total=sum(rounds - table.passes(k) for k in todo))
+            for r in range(rounds):
+                # One pass over every block still short of r + 1 passes, then the next pass: a block's passes lie
+                # minutes apart. Saved after every group, so an interrupted build resumes where it stopped.
+                need = [k for k in todo if table.passes(k) <= r]
+                for group in _chunks(need, merged["group"]):
+                    timings = measure_blocks(group, fp, **{**timing_kw, "rounds": 1})
+                    for key, t in zip(group, timings):
+                        table.add_pass(key, t, chain=merged["chain"] if key.kind == "block" else 1)
+                    table.save()
+                    for key in group:
+                        bar.advance(task)
+                        if on_block is not None:
+                            on_block(key)
         if need_cal:
             task = bar.add_task("calibration networks", total=calib_networks)
             _calibrate(table, space, fp, merged, calib_networks, seed, lambda _a: bar.advance(task))
             table.save()
     if not table.path.exists():
         table.save()
-    table.build_stats = {"blocks_total": len(keys), "blocks_measured": measured,
+    table.build_stats = {"blocks_total": len(keys), "blocks_measured": new_keys, "blocks_completed": len(todo),
                          "networks_measured": calib_networks if need_cal else 0,
                          "seconds": round(time.perf_counter() - started, 2),
                          "calibration": (table.calibration or {}).get("method"), "machine_busy": busy,
@@ -338,7 +353,7 @@ def _calibrate(table: LatencyTable, space: SearchSpace, fp: Fingerprint, setting
     from hilonas.latency.measure import figure_ms, measure_archs
 
     archs = sample_archs(space, n, f"calibration:{seed}")
-    timings = measure_archs(archs, fp, on_done=on_done, **settings)
+    timings = measure_archs(archs, fp, on_done=on_done, **{k: v for k, v in settings.items() if k != "group"})
     predictor = LatencyPredictor(table)
     raw = [predictor.breakdown(a) for a in archs]
     measured = [figure_ms(t, settings["statistic"]) for t in timings]
@@ -363,8 +378,10 @@ def ensure_table(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path = D
     """
     space_r, table = _open(space, fp, tables_dir, force)
     calib = kwargs.get("calib_networks", DEFAULT_CALIB_NETWORKS)
-    if not table.missing(space_r.enumerate_blocks()) and (table.calibration is not None or not calib):
-        table.build_stats = {"blocks_total": len(table.entries), "blocks_measured": 0, "networks_measured": 0,
+    rounds = _table_settings(table, {k: kwargs.get(k) for k in ("rounds",)})["rounds"]
+    if not table.incomplete(space_r.enumerate_blocks(), rounds) and (table.calibration is not None or not calib):
+        table.build_stats = {"blocks_total": len(table.entries), "blocks_measured": 0, "blocks_completed": 0,
+                             "networks_measured": 0,
                              "seconds": 0.0, "calibration": (table.calibration or {}).get("method"),
                              "machine_busy": None, "path": str(table.path)}
         return table
@@ -441,7 +458,8 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
     _warn_busy(busy)
     with _progress(progress) as bar:
         task = bar.add_task("validation networks", total=n)
-        timings = measure_archs(archs, fp, on_done=lambda _a: bar.advance(task), **merged)
+        timings = measure_archs(archs, fp, on_done=lambda _a: bar.advance(task),
+                                **{k: v for k, v in merged.items() if k != "group"})
     rows = []
     for a, t in zip(archs, timings):
         pred = predictor.predict(a)

@@ -5,8 +5,10 @@
 inputs it receives there. ``measure_block(s)`` and ``measure_arch(s)`` time them under a :class:`Fingerprint`'s
 settings (device, threads, batch, image size) with one protocol, so table entries and whole networks compare:
 
-- callables are timed together in ``rounds`` round-robin passes (:func:`hilonas.latency.timing.time_rounds`), each
-  pass a warm-up and ``repeats`` calls, re-measured while noisy (``max_spread``, ``max_attempts``);
+- callables are timed in ``rounds`` round-robin passes over all of them, each pass a warm-up and ``repeats`` calls
+  of the timing harness, re-measured while noisy (``max_spread``, ``max_attempts``), samples pooled over the passes.
+  The machine has slow spells (other processes, other tenants of the host) that last tens of seconds and slow a
+  network by up to 2x for a whole pass; passes minutes apart make it unlikely that one spell covers all of them;
 - the figure a table keeps is named by ``statistic``: 'min' (default; the fastest pooled sample) or 'median'.
   On a machine that other processes share, the median moves with their load by tens of percent while the minimum,
   the run nothing disturbed, repeats within a few percent (the timeit module's advice); on an idle machine the two
@@ -29,9 +31,10 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.timing import Timing, time_rounds
 
 __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
-           "measure_arch", "measure_archs", "figure_ms", "timing_settings", "MEASURE_DEFAULTS", "STATISTICS"]
+           "measure_arch", "measure_archs", "figure_ms", "timing_settings", "steady_allocator", "MEASURE_DEFAULTS",
+           "STATISTICS"]
 
-MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 30, "max_spread": 0.1, "max_attempts": 3, "rounds": 3,
+MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 20, "max_spread": 0.1, "max_attempts": 3, "rounds": 6,
                                     "chain": 3, "statistic": "min"}
 STATISTICS = ("min", "median")
 _HARNESS_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
@@ -176,6 +179,39 @@ def device_of(fp: Fingerprint) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ measuring
+_ALLOCATOR: str | None = None
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+
+
+def steady_allocator() -> str:
+    """Make this process keep freed memory for reuse (glibc), once; returns what the allocator does.
+
+    With glibc's defaults every tensor above 128 KiB is a fresh ``mmap``, and freed heap tops are returned to the
+    OS, so a forward pass page-faults on its activations: on a shared machine that makes the same block take
+    0.7 ms or 2.2 ms depending on the heap's history and on other processes, and blocks timed alone fault
+    differently from the network. Keeping memory (no mmap for allocations, no trimming: what jemalloc or tcmalloc
+    do, and PyTorch's CPU tuning guide recommends) removes those faults from both, so a figure describes the
+    steady state of a serving process. The process's resident memory then stays at its peak: measure in a process
+    of its own (the CLI) or accept that. Elsewhere than glibc nothing is changed.
+    """
+    global _ALLOCATOR
+    if _ALLOCATOR is not None:
+        return _ALLOCATOR
+    _ALLOCATOR = "system default"
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version"):
+            ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+            if ok:
+                _ALLOCATOR = "glibc, freed memory kept (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+    return _ALLOCATOR
+
+
 def _time(fns: Sequence[Callable[[], Any]], fp: Fingerprint, s: dict[str, Any]) -> list[Timing]:
     dev = device_of(fp)
     return time_rounds(fns, rounds=s["rounds"], threads=fp.threads if dev == "cpu" else None, device=dev,
@@ -190,6 +226,7 @@ def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = T
     """
     s = timing_settings(**settings)
     dev = device_of(fp)
+    steady_allocator()
     fns, chains = [], []
     for key in keys:
         n = s["chain"] if key.kind == "block" else 1
@@ -209,22 +246,41 @@ def measure_block(key: BlockKey, fp: Fingerprint, *, fused: bool = True, **setti
     return measure_blocks([key], fp, fused=fused, **settings)[0]
 
 
-def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True, group: int = 8,
-                  on_done: Callable[[ArchConfig], None] | None = None, **settings: Any) -> list[Timing]:
+def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,
+                  on_done: Callable[[ArchConfig], None] | None = None, cache_bytes: int = 2 << 30,
+                  **settings: Any) -> list[Timing]:
     """Whole-network Timings of ``archs`` on ``fp``'s target, batch, threads and resolution, with the blocks'
-    protocol: ``group`` networks at a time are built and timed together in round-robin passes."""
+    protocol: ``rounds`` passes, each pass timing every network once (:func:`time_callable`) before the next pass
+    starts, so a network's passes lie minutes apart and a slow spell of the machine cannot cover all of them.
+    Networks are kept between passes while their parameters fit ``cache_bytes``, rebuilt (same seed) otherwise.
+    ``on_done(arch)`` is called after each network's last pass.
+    """
+    from hilonas.latency.timing import pool_timings, time_callable
+
     s = timing_settings(**settings)
-    out: list[Timing] = []
+    dev = device_of(fp)
+    steady_allocator()
     archs = list(archs)
-    for i in range(0, len(archs), group):
-        part = archs[i:i + group]
-        models = [build_arch_model(a, fp, fused) for a in part]
-        out += _time([lambda m=m, x=x: m(x) for m, x in models], fp, s)
-        del models
-        if on_done is not None:
-            for a in part:
-                on_done(a)
-    return out
+    passes: list[list[Timing]] = [[] for _ in archs]
+    cache: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+    cached_bytes = 0
+    for r in range(s["rounds"]):
+        for i, arch in enumerate(archs):
+            model_x = cache.get(i)
+            if model_x is None:
+                model_x = build_arch_model(arch, fp, fused)
+                size = sum(p.numel() * p.element_size() for p in model_x[0].parameters())
+                if s["rounds"] > 1 and cached_bytes + size <= cache_bytes:
+                    cache[i] = model_x
+                    cached_bytes += size
+            model, x = model_x
+            passes[i].append(time_callable(lambda: model(x), threads=fp.threads if dev == "cpu" else None, device=dev,
+                                           **{k: (min(1, s[k]) if k == "warmup" and r > 0 and i in cache else s[k])
+                                              for k in _HARNESS_KEYS}))
+            del model, x, model_x
+            if r == s["rounds"] - 1 and on_done is not None:
+                on_done(arch)
+    return [pool_timings(ts) for ts in passes]
 
 
 def measure_arch(arch: ArchConfig, fp: Fingerprint, *, fused: bool = True, **settings: Any) -> Timing:

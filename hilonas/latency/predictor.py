@@ -106,12 +106,12 @@ class LatencyPredictor:
             return
         if not self.measure_missing:
             raise MissingBlockError(key, self.table)
-        from hilonas.latency.measure import measure_block, timing_settings
+        from hilonas.latency.measure import MEASURE_DEFAULTS, measure_block
 
-        settings = self.table.settings or {}
-        kw = {k: settings[k] for k in ("warmup", "repeats", "max_spread", "max_attempts") if k in settings}
-        timing = measure_block(key, self.table.fingerprint, chain=settings.get("chain"), **timing_settings(**kw))
-        self.table.add(key, timing, source="measure_missing")
+        kw = {k: v for k, v in self.table.settings.items() if k in MEASURE_DEFAULTS}
+        timing = measure_block(key, self.table.fingerprint, **kw)
+        chain = kw.get("chain", MEASURE_DEFAULTS["chain"]) if key.kind == "block" else 1
+        self.table.add(key, timing, chain=chain, source="measure_missing")
         self.table.save()
         self._remember(key)
 

@@ -222,6 +222,47 @@ class LatencyTable:
         self._dirty.add(key.id)
         return entry
 
+    def add_pass(self, key: BlockKey, timing: Any, **extra: Any) -> dict[str, Any]:
+        """Merge one more measurement pass of ``key`` into its entry (or start the entry).
+
+        The entry keeps every pass's median and minimum (``pass_medians``, ``pass_mins``); ``median_ms`` is the
+        median of the pass medians, ``min_ms`` the lowest minimum, ``runs`` and ``attempts`` add up, ``noisy`` holds
+        only while every pass was noisy and ``spread`` is the quietest pass's. ``passes`` counts them.
+        """
+        old = self.entries.get(key.id)
+        t = timing.to_dict() if hasattr(timing, "to_dict") else dict(timing)
+        new = self.add(key, timing, **extra)
+        medians = list(old.get("pass_medians", [old["median_ms"]])) if old else []
+        mins = list(old.get("pass_mins", [old.get("min_ms", old["median_ms"])])) if old else []
+        medians.append(new["median_ms"])
+        mins.append(new.get("min_ms", new["median_ms"]))
+        new["pass_medians"], new["pass_mins"], new["passes"] = medians, mins, len(medians)
+        ordered = sorted(medians)
+        mid = len(ordered) // 2
+        new["median_ms"] = ordered[mid] if len(ordered) % 2 else round((ordered[mid - 1] + ordered[mid]) / 2, 6)
+        new["min_ms"] = min(mins)
+        if old:
+            new["runs"] += int(old.get("runs", 0))
+            new["attempts"] += int(old.get("attempts", 1))
+            new["noisy"] = bool(old.get("noisy", False)) and bool(t.get("noisy", False))
+            new["spread"] = min(float(old.get("spread", new["spread"])), new["spread"])
+        return new
+
+    def passes(self, key: BlockKey) -> int:
+        """How many measurement passes the entry of ``key`` holds (0 when missing)."""
+        entry = self.entries.get(key.id)
+        return 0 if entry is None else int(entry.get("passes", 1))
+
+    def incomplete(self, keys: Iterable[BlockKey], passes: int) -> list[BlockKey]:
+        """The keys of ``keys`` with fewer than ``passes`` measurement passes (missing ones included), each once."""
+        seen: set[str] = set()
+        out = []
+        for k in keys:
+            if k.id not in seen and self.passes(k) < passes:
+                seen.add(k.id)
+                out.append(k)
+        return out
+
     def set_calibration(self, calibration: dict[str, Any] | None) -> None:
         """Replace the calibration (written by the next :meth:`save`)."""
         self.calibration = calibration

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 __all__ = ["Timing", "num_threads", "time_once", "time_callable", "time_module", "median_of", "spread_of",
-           "time_rounds"]
+           "time_rounds", "pool_timings"]
 
 # Indirection so tests can substitute a deterministic clock.
 _clock: Callable[[], float] = time.perf_counter
@@ -230,15 +230,25 @@ def time_module(module: torch.nn.Module, example_input: Any, **kwargs: Any) -> T
         module.train(was_training)
 
 
+def pool_timings(timings: Sequence[Timing]) -> Timing:
+    """One Timing from several measurements of the same callable: samples pooled (median, spread and runs over the
+    pool), attempts summed, ``noisy`` only when every one was."""
+    if not timings:
+        raise ValueError("pool_timings needs at least one Timing")
+    pooled = [s for t in timings for s in t.samples_ms]
+    return Timing(median_ms=median_of(pooled), spread=spread_of(pooled), runs=len(pooled), samples_ms=pooled,
+                  device=timings[0].device, threads=timings[0].threads, noisy=all(t.noisy for t in timings),
+                  attempts=sum(t.attempts for t in timings))
+
+
 def time_rounds(fns: Sequence[Callable[[], Any]], *, rounds: int = 3, **kwargs: Any) -> list[Timing]:
     """Time several callables in ``rounds`` round-robin passes of :func:`time_callable`, pooling each one's samples.
 
     Other processes slow a measurement in bursts. Measuring ``fns[0], fns[1], ...`` once per pass, ``rounds`` times,
     spreads each callable's samples over the whole run, so a burst hits every callable alike and each callable gets
     its share of the quiet moments. ``kwargs`` go to :func:`time_callable` for every pass (the full warm-up on the
-    first pass, one call after: the other callables ran in between). Each returned Timing pools the samples of all
-    passes (median, spread and runs over the pool); ``attempts`` sums the passes' attempts, and ``noisy`` is True
-    only when every pass was.
+    first pass, one call after: the other callables ran in between). Each returned Timing pools the passes'
+    samples (see :func:`pool_timings`).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -249,10 +259,4 @@ def time_rounds(fns: Sequence[Callable[[], Any]], *, rounds: int = 3, **kwargs: 
             kw["warmup"] = min(1, kwargs.get("warmup", 5))
         for i, fn in enumerate(fns):
             passes[i].append(time_callable(fn, **kw))
-    out = []
-    for ts in passes:
-        pooled = [s for t in ts for s in t.samples_ms]
-        out.append(Timing(median_ms=median_of(pooled), spread=spread_of(pooled), runs=len(pooled), samples_ms=pooled,
-                          device=ts[0].device, threads=ts[0].threads, noisy=all(t.noisy for t in ts),
-                          attempts=sum(t.attempts for t in ts)))
-    return out
+    return [pool_timings(ts) for ts in passes]

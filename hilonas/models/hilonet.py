@@ -16,14 +16,30 @@ from torch import nn
 from hilonas.config import ArchConfig, Stage
 from hilonas.layers import ConvFFN, Merge, PatchEmbed, build_mixer
 
-try:  # timm's DropPath when present; the tiny fallback keeps layers usable without it
-    from timm.layers import DropPath
-except ImportError:  # pragma: no cover - timm is a dependency
-    DropPath = None
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``p`` while training.
+
+    Written here rather than imported from timm: hilonas registers its models when timm is imported, so the model
+    code must not import timm itself.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def _drop_path(p: float) -> nn.Module:
-    return DropPath(p) if p > 0 and DropPath is not None else nn.Identity()
+    return DropPath(p) if p > 0 else nn.Identity()
 
 
 class ConvFFNBlock(nn.Module):

@@ -44,7 +44,7 @@ class ProxyBudget:
         augment: random shifts of up to 1/8 of the side (and flips where the data allows them).
     """
 
-    epochs: float = 2.0
+    epochs: float = 1.0
     steps: int | None = None
     batch_size: int = 64
     lr: float = 2e-3

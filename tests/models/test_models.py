@@ -144,3 +144,22 @@ def test_sdpa_handler_counts_attention_macs():
     report = count_flops(Wrap(), x)
     # q k^T and attn v: 2 images * 4 heads * 49 * 49 * (8 + 8)
     assert report.by_operator["scaled_dot_product_attention"] == 2 * 4 * 49 * 49 * 16
+
+
+def test_registration_when_hilonas_models_is_imported_first():
+    code = ("import hilonas.models, timm; m = timm.create_model('litv2_b', img_size=32, num_classes=2); "
+            "print(type(m).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "HiLoNet"
+
+
+def test_drop_path_drops_whole_samples_in_training_only():
+    from hilonas.models.hilonet import DropPath
+
+    torch.manual_seed(0)
+    layer = DropPath(0.5).train()
+    out = layer(torch.ones(4000, 3))
+    kept = out[:, 0] != 0
+    assert torch.all(out[kept] == 2.0) and torch.all(out[~kept] == 0.0)  # scaled by 1 / keep
+    assert 0.45 < kept.float().mean().item() < 0.55
+    assert torch.equal(layer.eval()(torch.ones(5, 3)), torch.ones(5, 3))

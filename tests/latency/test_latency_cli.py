@@ -1,0 +1,121 @@
+"""The latency commands: JSON outputs, build + validate end to end, one-line errors with exit status 2.
+
+Most commands run in-process through ``hilonas.cli.main`` (the console script's entry point, which turns a
+HilonasError into one line and exit status 2), so torch is imported once; one test runs the real subprocess.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from hilonas.cli import main
+from hilonas.latency.build import build_table
+
+from .conftest import FAST, TINY_SPACE
+
+
+def run(capsys, *args):
+    """(exit status, stdout, stderr) of ``hilonas ARGS`` run in this process."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out = capsys.readouterr()
+    return exit_.value.code or 0, out.out, out.err
+
+
+def assert_one_line_error(result, *needles):
+    code, _, err = result
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def built(tmp_path, tiny_space, cpu_fp):
+    """A tiny space file and its table, built with tiny timing settings."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE))
+    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path / "tables", progress=False, calib_networks=3, **FAST)
+    return space, table
+
+
+def test_hardware_json_lists_the_matching_table(capsys, built):
+    space, table = built
+    code, out, err = run(capsys, "hardware", "--json", "--resolution", "32", "--tables", str(table.path.parent))
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["fingerprint"]["resolution"] == 32 and data["fingerprint_id"] == table.fingerprint.id
+    assert [t["path"] for t in data["tables"]] == [str(table.path)] and data["tables"][0]["blocks"] == len(table)
+    code, out, _ = run(capsys, "hardware", "--threads", "2", "--tables", str(table.path.parent))
+    assert code == 0 and "threads        2" in out and "differs in" in out
+
+
+def test_build_is_resumable_and_prints_counts(capsys, built):
+    space, table = built
+    code, out, err = run(capsys, "latency", "build", "--space", str(space), "--tables", str(table.path.parent))
+    assert code == 0, err
+    assert f"{len(table)} blocks (0 measured now)" in out and str(table.path) in out
+
+
+def test_validate_json_and_csv(capsys, built, tmp_path):
+    space, table = built
+    csv = tmp_path / "rows.csv"
+    code, out, err = run(capsys, "latency", "validate", "--space", str(space), "--n", "3", "--seed", "1",
+                         "--tables", str(table.path.parent), "--json", "--csv", str(csv))
+    assert code == 0, err
+    figures = json.loads(out)
+    assert set(figures) == {"n", "within_5", "within_10", "mape", "max_ape", "spearman"} and figures["n"] == 3
+    assert len(csv.read_text().strip().splitlines()) == 4
+
+
+def test_mismatched_table_needs_force(capsys, built):
+    space, table = built
+    args = ("latency", "validate", "--space", str(space), "--n", "2", "--table", str(table.path), "--threads", "2")
+    assert_one_line_error(run(capsys, *args), "threads", str(table.path), "--force")
+    code, out, err = run(capsys, *args, "--force", "--json")
+    assert code == 0, err
+
+
+def test_corrupt_table_is_one_line_with_its_path(capsys, built):
+    space, table = built
+    text = table.path.read_text()[:-20]
+    table.path.write_text(text)
+    assert_one_line_error(run(capsys, "latency", "build", "--space", str(space), "--tables", str(table.path.parent)),
+                          str(table.path), "corrupt")
+    assert table.path.read_text() == text
+
+
+def test_bench_latency_json(capsys, built):
+    space, table = built
+    code, out, err = run(capsys, "bench", "latency", "--space", str(space), "--tables", str(table.path.parent),
+                         "--archs", "20", "--measure", "1", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["predict_us"] > 0 and data["measure_over_predict"] > 1 and len(data["measured"]) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("latency", "build", "--space", "no_such_space"), "no_such_space"),
+    (("latency", "validate", "--space", "no_such_space"), "no_such_space"),
+    (("latency", "build", "--threads", "0"), "--threads=0"),
+    (("latency", "build", "--target", "tpu"), "tpu"),
+    (("latency", "validate", "--n", "0"), "--n=0"),
+    (("bench", "latency", "--archs", "0"), "--archs=0"),
+])
+def test_bad_inputs_are_one_line(capsys, tmp_path, args, needle):
+    assert_one_line_error(run(capsys, *args, "--tables", str(tmp_path)), needle)
+
+
+def test_without_a_table_validate_and_bench_say_build_first(capsys, tmp_path):
+    assert_one_line_error(run(capsys, "latency", "validate", "--tables", str(tmp_path)), "latency build")
+    assert_one_line_error(run(capsys, "bench", "latency", "--tables", str(tmp_path)), "latency build")
+
+
+def test_console_script_error_is_one_line_in_a_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "hilonas.cli", "latency", "build", "--space", "no_such_space"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no_such_space" in proc.stderr
