@@ -18,8 +18,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 setup: $(STAMP)
 
+# The real job, small: the table for this CPU (reused when latency_tables/ has one for this fingerprint), a
+# 16-trial search with 2 Ray workers on the embedded dataset, the Pareto page with the space's reference
+# architectures, and an export (with ONNX) of the front's knee, re-measured on this CPU.
+DEMO_STUDY ?= demo
 demo: $(STAMP)
-	$(BIN)/python -m hilonas.demo
+	$(BIN)/hilonas flops litv2_s --time
+	$(BIN)/hilonas hardware
+	$(BIN)/hilonas latency build --space litv2_tiny --target cpu --threads 1 --batch 1
+	RAY_AUTH_MODE=disabled $(BIN)/hilonas search --space litv2_tiny --target cpu --trials 16 --workers 2 --study $(DEMO_STUDY)
+	$(BIN)/hilonas results $(DEMO_STUDY) --front
+	$(BIN)/hilonas pareto $(DEMO_STUDY) --landmarks --out runs/$(DEMO_STUDY)/pareto.html
+	$(BIN)/hilonas export $(DEMO_STUDY) --knee --out runs/$(DEMO_STUDY)/export --onnx --force
+	@echo "demo done: study runs/$(DEMO_STUDY)/study.db, page runs/$(DEMO_STUDY)/pareto.html, config runs/$(DEMO_STUDY)/export/arch.yaml"
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q

@@ -160,7 +160,8 @@ def bench_proxy(space: str = typer.Option("litv2_tiny", help="a shipped space na
                                                        "ProxyBudget's)"),
                 reference_factor: float = typer.Option(10.0, help="the reference trains this many times longer"),
                 reference_seeds: int = typer.Option(1, help="reference runs per architecture (mean accuracy)"),
-                val_fraction: float = typer.Option(0.2, help="held-out share where the data has no split"),
+                val_fraction: Optional[float] = typer.Option(None, help="held-out share where the data has no "
+                                                             "split (default: 0.5 embedded, 0.2 folders)"),
                 extra_epochs: str = typer.Option("", help="other budgets to compare, comma-separated epochs "
                                                  "(e.g. 0.5,1,4)"),
                 workers: int = typer.Option(1, help="processes scoring architectures side by side"),
@@ -429,6 +430,7 @@ def export(study: str = typer.Argument(..., help="study name"),
            trial: Optional[int] = typer.Option(None, help="export this trial number"),
            max_latency_ms: Optional[float] = typer.Option(None, help="the most accurate trial at most this slow"),
            min_accuracy: Optional[float] = typer.Option(None, help="the fastest trial at least this accurate"),
+           knee: bool = typer.Option(False, "--knee", help="the front's knee: the best accuracy/latency trade-off"),
            out: Optional[Path] = typer.Option(None, help="new folder (default runs/<study>/export-trial<N>)"),
            weights: bool = typer.Option(False, "--weights", help="train with the proxy trainer and save weights"),
            epochs: Optional[float] = typer.Option(None, help="epochs for --weights (default: the study's budget)"),
@@ -438,13 +440,13 @@ def export(study: str = typer.Argument(..., help="study name"),
            storage: Optional[str] = typer.Option(None, help="Optuna storage URL when not the default file"),
            runs: str = typer.Option("runs", help="folder of studies"),
            as_json: bool = typer.Option(False, "--json", help="print the provenance as one JSON object")) -> None:
-    """Export a trial's architecture as YAML with provenance (buildable by hilonas.create_model and timm)."""
+    """Export a trial's architecture (--trial, --max-latency-ms, --min-accuracy or --knee) as YAML with provenance (buildable by hilonas.create_model and timm)."""
     from hilonas.export import WARN_ERROR, export_trial, select_trial
     from hilonas.search.study import load_existing, study_settings
 
     opened = load_existing(study, storage, runs)
     df, _ = _results([study], storage, runs)
-    row = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
+    row = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, knee=knee)
     target = out or Path(runs) / study / f"export-trial{int(row['number'])}"
     _quiet_torch()
     prov = export_trial(row, study_settings(opened), target, weights=weights, onnx=onnx, measure=not no_measure,
@@ -604,6 +606,9 @@ def latency_validate(space: str = typer.Option("litv2_tiny", help="a shipped spa
     typer.echo(f"  statistic {result['statistic']}, calibration {result['calibration']}, {result['seconds']:.0f} s"
                + (f", CPUs busy with other work {result['machine_busy']:.0%} at start"
                   if result["machine_busy"] is not None else ""))
+    if result["drift"] is not None:
+        typer.echo(f"  the machine runs the table's calibration networks {result['drift']:+.1%} slower than when it "
+                   f"was built; without that drift {result['within_10_drift_corrected']:.0%} would be within +-10%")
     if csv:
         typer.echo(f"  rows: {csv}")
 

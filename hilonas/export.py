@@ -26,12 +26,19 @@ WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction b
 
 
 def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: float | None = None,
-                 min_accuracy: float | None = None) -> pd.Series:
-    """The row to export: a trial number, the most accurate under a latency, or the fastest above an accuracy."""
-    chosen = [x is not None for x in (trial, max_latency_ms, min_accuracy)]
+                 min_accuracy: float | None = None, knee: bool = False) -> pd.Series:
+    """The row to export: a trial number, the most accurate under a latency, the fastest above an accuracy, or the
+    front's knee (the member farthest from the line through the front's two ends, both axes scaled to [0, 1])."""
+    chosen = [x is not None for x in (trial, max_latency_ms, min_accuracy)] + [knee]
     if sum(chosen) != 1:
-        raise HilonasError("choose what to export with exactly one of --trial N, --max-latency-ms X, --min-accuracy A")
+        raise HilonasError("choose what to export with exactly one of --trial N, --max-latency-ms X, "
+                           "--min-accuracy A, --knee")
     usable = df[(df["state"] == "COMPLETE") & df["feasible"] & df["accuracy"].notna() & df["landmark"].isna()]
+    if knee:
+        front = usable[usable["on_front"]].sort_values("latency_ms")
+        if front.empty:
+            raise HilonasError("--knee: the study has no finished feasible trial yet: run the search first")
+        return front.iloc[knee_index(front["latency_ms"].tolist(), front["accuracy"].tolist())]
     if trial is not None:
         rows = df[df["number"] == trial]
         if rows.empty:
@@ -56,6 +63,20 @@ def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: 
         raise HilonasError(f"--min-accuracy={min_accuracy:g}: no finished trial is that accurate (the best reaches "
                            f"{best:.4f}): lower the threshold")
     return ok.sort_values(["latency_ms", "accuracy"], ascending=[True, False], kind="stable").iloc[0]
+
+
+def knee_index(latency: list[float], accuracy: list[float]) -> int:
+    """Index of the knee of a front sorted by latency: farthest (scaled) from the chord between its ends."""
+    if len(latency) <= 2:
+        return len(latency) - 1  # with two members, the more accurate one
+    lo_l, hi_l = min(latency), max(latency)
+    lo_a, hi_a = min(accuracy), max(accuracy)
+    xs = [(v - lo_l) / ((hi_l - lo_l) or 1.0) for v in latency]
+    ys = [(v - lo_a) / ((hi_a - lo_a) or 1.0) for v in accuracy]
+    (x0, y0), (x1, y1) = (xs[0], ys[0]), (xs[-1], ys[-1])
+    # Distance above the chord (positive where the front bulges towards fast-and-accurate).
+    dist = [(x1 - x0) * (y - y0) - (y1 - y0) * (x - x0) for x, y in zip(xs, ys)]
+    return max(range(len(dist)), key=lambda i: (dist[i], -i))
 
 
 def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, *, weights: bool = False,

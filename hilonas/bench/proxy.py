@@ -65,7 +65,7 @@ def correlations(scores: Sequence[float], reference: Sequence[float]) -> tuple[f
 _DATA = None
 
 
-def _init_worker(data_spec: str | None, resolution: int, seed: int, val_fraction: float = 0.2) -> None:
+def _init_worker(data_spec: str | None, resolution: int, seed: int, val_fraction: float | None = None) -> None:
     global _DATA
     import warnings
 
@@ -117,7 +117,7 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
 # --------------------------------------------------------------------------------------------------------- bench
 def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, data: str | None = None,
                     resolution: int = 32, budget: Any = None, reference_factor: float = 10.0,
-                    extra_epochs: Sequence[float] = (), reference_seeds: int = 1, val_fraction: float = 0.2,
+                    extra_epochs: Sequence[float] = (), reference_seeds: int = 1, val_fraction: float | None = None,
                     workers: int = 1, threads: int = 1,
                     log: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score ``n`` sampled architectures with every proxy and the reference; return the JSON-able report.
@@ -132,7 +132,7 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         reference_factor: how much longer the reference trains.
         extra_epochs: other training budgets (in epochs) to report beside the default.
         reference_seeds: reference runs per architecture (their mean accuracy is the reference; default 1).
-        val_fraction: held-out share of the dataset (where it has no split of its own).
+        val_fraction: held-out share of the dataset where it has no split of its own (None: the dataset's default).
         workers: processes scoring architectures side by side.
         threads: torch threads per worker.
         log: a JSONL file; records already there (same arch, budgets and seed) are reused, new ones appended.

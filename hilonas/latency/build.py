@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.keys import BlockKey
-from hilonas.latency.predictor import LatencyPredictor, MissingBlockError, block_group
+from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
 from hilonas.latency.table import DEFAULT_TABLES_DIR, LatencyTable
 from hilonas.spaces import SearchSpace
 
@@ -419,7 +420,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int = 0, *,
                    tables_dir: str | Path = DEFAULT_TABLES_DIR, table: LatencyTable | None = None,
-                   progress: bool = True, force: bool = False, **settings: Any) -> dict[str, Any]:
+                   progress: bool = True, force: bool = False, drift_probes: int = 4,
+                   **settings: Any) -> dict[str, Any]:
     """Measure ``n`` random networks of ``space`` whole and compare with the table's predictions.
 
     Networks are drawn with ``seed``, skipping those the calibration was fitted on, and measured with the table's
@@ -427,8 +429,11 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
 
     Returns:
         ``{"n", "within_5", "within_10" (shares of networks, 0..1), "mape", "max_ape" (absolute relative errors,
-        0.05 = 5%), "spearman", "bias" (mean signed error), "seconds", "table", "rows": [per network: arch,
-        predicted_ms, measured_ms, raw_ms, error, spread]}``.
+        0.05 = 5%), "spearman", "bias" (mean signed error), "drift" (how much slower the machine runs
+        ``drift_probes`` of the calibration networks now than when they were measured for the table, measured in
+        the same passes; None without calibration), "within_10_drift_corrected" (the share within +-10% had the
+        machine not drifted: a diagnostic, not a prediction), "seconds", "table", "rows": [per network: arch,
+        predicted_ms, measured_ms, median_ms, raw_ms, error, spread, noisy]}``.
     """
     if n < 1:
         raise HilonasError(f"--n={n} must be >= 1")
@@ -439,13 +444,14 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
     if not table.entries:
         raise HilonasError(f"latency table {table.path} has no entries: build it first with "
                            f"`hilonas latency build --space {space.name}`")
-    cal_archs = set()
+    cal_archs: dict[ArchConfig, float] = {}
     for net in (table.calibration or {}).get("networks", []):
         try:
-            cal_archs.add(ArchConfig.from_dict(net["arch"]).canonical())
-        except (HilonasError, KeyError, TypeError):
+            cal_archs[ArchConfig.from_dict(net["arch"]).canonical()] = float(net["measured_ms"])
+        except (HilonasError, KeyError, TypeError, ValueError):
             continue
-    archs = sample_archs(space_r, n, seed, exclude=cal_archs)
+    probes = list(cal_archs)[:drift_probes]
+    archs = sample_archs(space_r, n, seed, exclude=set(cal_archs))
     predictor = LatencyPredictor(table)
     for a in archs:  # fail before measuring anything
         missing = predictor.missing(a)
@@ -457,9 +463,14 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
     busy = machine_busy()
     _warn_busy(busy)
     with _progress(progress) as bar:
-        task = bar.add_task("validation networks", total=n)
-        timings = measure_archs(archs, fp, on_done=lambda _a: bar.advance(task),
+        task = bar.add_task("validation networks", total=n + len(probes))
+        timings = measure_archs(archs + probes, fp, on_done=lambda _a: bar.advance(task),
                                 **{k: v for k, v in merged.items() if k != "group"})
+    # Calibration networks measured again in the same passes: how much faster or slower the machine is now than
+    # when the table was built (other load, thermal state), which no table can predict.
+    ratios = [figure_ms(t, merged["statistic"]) / cal_archs[a] for a, t in zip(probes, timings[n:])]
+    drift = statistics.median(ratios) - 1 if ratios else None
+    timings = timings[:n]
     rows = []
     for a, t in zip(archs, timings):
         pred = predictor.predict(a)
@@ -476,6 +487,9 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
         "max_ape": max(errors),
         "spearman": spearman([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
         "bias": sum(r["error"] for r in rows) / n,
+        "drift": drift,
+        "within_10_drift_corrected": (sum(abs((1 + r["error"]) * (1 + drift) - 1) <= 0.10 for r in rows) / n
+                                      if drift is not None else None),
         "calibration": (table.calibration or {}).get("method"),
         "statistic": merged["statistic"],
         "machine_busy": busy,

@@ -71,3 +71,24 @@ def test_renderer_smoke(tmp_path):
     assert "plotly" in text.lower() and "litv2-s-like" in text and len(text) > 1_000_000  # plotly.js embedded
     with pytest.raises(Exception, match="does not exist"):
         write_html(fig, tmp_path / "missing" / "p.html")
+
+
+def test_knee_and_selection_rules():
+    from hilonas.errors import HilonasError
+    from hilonas.export import knee_index, select_trial
+
+    # A front that rises steeply then flattens: the knee is the bend at (2, 0.9).
+    assert knee_index([1.0, 2.0, 3.0, 4.0], [0.5, 0.9, 0.93, 0.95]) == 1
+    assert knee_index([1.0, 2.0], [0.5, 0.9]) == 1
+    df = results_frame(trial_records(make_study("a", [(0.9, 10.), (0.8, 5.), (0.85, 7.), (0.7, 6.), (0.95, 20.)],
+                                                limit=15.0)))
+    assert select_trial(df, max_latency_ms=8.0)["number"] == 2  # most accurate at <= 8 ms
+    assert select_trial(df, min_accuracy=0.82)["number"] == 2  # fastest at >= 0.82
+    assert select_trial(df, max_latency_ms=100.0)["number"] == 0  # trial 4 is over the study's limit
+    assert select_trial(df, knee=True)["number"] in (0, 1, 2)
+    with pytest.raises(HilonasError, match="no finished trial is that fast"):
+        select_trial(df, max_latency_ms=1.0)
+    with pytest.raises(HilonasError, match="exactly one"):
+        select_trial(df, trial=0, knee=True)
+    with pytest.raises(HilonasError, match="--trial=5 has no result"):
+        select_trial(df, trial=5)  # the FAILED trial

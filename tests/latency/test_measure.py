@@ -138,3 +138,13 @@ def test_cuda_timing_path():
     timings = measure_blocks(keys, fp, **SETTINGS)
     assert all(t.device.startswith("cuda") and t.median_ms > 0 for t in timings)
     assert measure_arch(ARCH, fp, **SETTINGS).median_ms > 0
+
+
+def test_steady_allocator_is_set_once_and_recorded(tmp_path, tiny_space, cpu_fp):
+    from hilonas.latency.build import build_table
+    from hilonas.latency.measure import steady_allocator
+
+    first = steady_allocator()
+    assert first == steady_allocator() and first
+    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=0, **FAST)
+    assert table.settings["allocator"] == first and table.settings["model_code"]

@@ -15,9 +15,9 @@ from hilonas.proxy.data import load_dataset
 def test_embedded_default_is_mnist5k_split_deterministically():
     data = load_dataset(resolution=32)
     assert data.name == "mnist5k" and data.num_classes == 10 and data.resolution == 32
-    assert data.train_x.shape == (4000, 3, 32, 32) and data.val_x.shape == (1000, 3, 32, 32)
+    assert data.train_x.shape == (2500, 3, 32, 32) and data.val_x.shape == (2500, 3, 32, 32)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
-    assert torch.bincount(data.val_y).tolist() == [100] * 10  # stratified
+    assert torch.bincount(data.val_y).tolist() == [250] * 10  # stratified
     assert not data.hflip  # digits are not mirror-symmetric
     # Normalised with the training split's statistics; grey repeated to 3 channels.
     assert abs(float(data.train_x.mean())) < 1e-3
