@@ -540,8 +540,8 @@ def latency_build(space: str = typer.Option("litv2_tiny", help="a shipped space 
                   force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
                   recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
                   calib_networks: int = typer.Option(16, help="whole networks measured for the calibration"),
-                  repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 20)"),
-                  rounds: Optional[int] = typer.Option(None, help="passes over all blocks (default 6)"),
+                  repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 12)"),
+                  rounds: Optional[int] = typer.Option(None, help="passes over all blocks (default 10)"),
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Measure every block of a space on this machine into its latency table, then fit the calibration."""
     if calib_networks < 0:
@@ -607,8 +607,8 @@ def latency_validate(space: str = typer.Option("litv2_tiny", help="a shipped spa
                + (f", CPUs busy with other work {result['machine_busy']:.0%} at start"
                   if result["machine_busy"] is not None else ""))
     if result["drift"] is not None:
-        typer.echo(f"  the machine runs the table's calibration networks {result['drift']:+.1%} slower than when it "
-                   f"was built; without that drift {result['within_10_drift_corrected']:.0%} would be within +-10%")
+        typer.echo(f"  machine drift: the table's calibration networks, measured again in the same passes, run "
+                   f"{result['drift']:+.1%} slower than when the table was built")
     if csv:
         typer.echo(f"  rows: {csv}")
 

@@ -227,16 +227,27 @@ def _report(records: list[dict], setup: dict, budget: Any, reference: Any, refer
                          "seconds_per_arch": sum(r["seconds"][name] for r in records) / len(records),
                          "scored": len(keep)}
     ref_secs = sum(r["seconds"]["reference"] for r in records) / len(records)
+    # How well two reference runs of different seeds agree: the ceiling on any proxy's agreement with one run.
+    per_seed = [[t["accuracy"] for t in r["train"]["reference"]] for r in records
+                if isinstance(r["train"].get("reference"), list)]
+    agreement = None
+    if len(per_seed) == len(records) and min(len(s) for s in per_seed) >= 2:
+        k = min(len(s) for s in per_seed)
+        pairs = [correlations([s[i] for s in per_seed], [s[j] for s in per_seed])[0]
+                 for i in range(k) for j in range(i + 1, k)]
+        pairs = [p for p in pairs if math.isfinite(p)]
+        agreement = _clean(sum(pairs) / len(pairs)) if pairs else None
     ref_epochs = reference.epochs if reference.steps is None else None
     runs = [t for r in records for v in r["train"].values() for t in (v if isinstance(v, list) else [v])]
     failed = sum(1 for t in runs if t.get("failed"))
     return {
         "n": len(records), "reference_epochs": ref_epochs, "reference_steps": reference.steps,
         "reference_factor": reference_factor, "default_budget": _budget_dict(budget),
-        "reference_seconds_per_arch": ref_secs,
+        "reference_seconds_per_arch": ref_secs, "reference_seeds": setup.get("reference_seeds", 1),
+        "reference_seed_agreement": agreement,
         "reference_accuracy": {"min": min(ref), "max": max(ref), "mean": sum(ref) / len(ref)},
         "proxies": proxies, "failed_trainings": failed, "workers": workers, "threads": threads,
-        "wall_seconds": wall, **{k: v for k, v in setup.items() if k not in ("budgets", "reference")},
+        "wall_seconds": wall, **{k: v for k, v in setup.items() if k not in ("budgets", "reference", "reference_seeds")},
         "archs": [{"arch": r["describe"], "scores": r["scores"], "seconds": r["seconds"]} for r in records],
     }
 
@@ -250,12 +261,17 @@ def format_proxy_bench(report: dict[str, Any]) -> str:
     ref_s = report["reference_seconds_per_arch"]
     ref_len = (f"{report['reference_epochs']:g} epochs" if report["reference_epochs"] is not None
                else f"{report['reference_steps']} steps")
-    ref_len += f" = {report['reference_factor']:g}x the default"
+    ref_line = f"reference: {ref_len} ({report['reference_factor']:g}x the default)"
+    if report.get("reference_seeds", 1) > 1:
+        ref_line += f", mean of {report['reference_seeds']} seeds"
+        if report.get("reference_seed_agreement") is not None:
+            ref_line += f" (seed-vs-seed spearman {report['reference_seed_agreement']:.2f})"
+    acc = report["reference_accuracy"]
+    ref_line += f", {ref_s:.1f} s/arch, held-out accuracy {acc['min']:.3f}-{acc['max']:.3f}"
     lines = [f"proxy fidelity on {report['space']} / {report['data']} at {report['resolution']}px: "
-             f"{report['n']} architectures, seed {report['seed']}, reference = {ref_len} "
-             f"({ref_s:.1f} s/arch, accuracy {report['reference_accuracy']['min']:.3f}-"
-             f"{report['reference_accuracy']['max']:.3f}), {report['workers']} worker(s) x {report['threads']} "
-             "thread(s)",
+             f"{report['n']} architectures, seed {report['seed']}, {report['workers']} worker(s) x "
+             f"{report['threads']} thread(s)",
+             ref_line,
              f"{'proxy':16s} {'spearman':>9s} {'kendall':>8s} {'s/arch':>8s} {'cost':>7s}"]
 
     def fmt(v: float | None) -> str:

@@ -206,47 +206,53 @@ def _to_calibration(model: str, coef: list[float], groups: list[str]) -> dict[st
 def fit_calibration(raw_by_group: list[dict[str, float]], measured_ms: list[float]) -> dict[str, Any]:
     """Fit the calibration on whole networks: ``raw_by_group[i]`` (raw ms by block group) vs ``measured_ms[i]``.
 
-    Candidates are a scale, a scale plus intercept, and a scale per group (each mixer's blocks; stem + merges + head
-    together) plus intercept, all fitted by least squares on the relative error. The candidate with the lowest
-    leave-one-out mean absolute relative error wins (a model with more parameters must earn its place on networks it
-    did not see); a candidate with a non-positive scale, or more parameters than a third of the networks, is skipped.
-    Returns the calibration dict the predictor reads, with the fit's figures.
+    Candidates, simplest first: a scale; a scale plus intercept; a scale per group (each mixer's blocks, and stem +
+    merges + head together) plus intercept; all fitted by least squares on the relative error. Each is scored by its
+    leave-one-out mean absolute relative error, and the simplest candidate within one standard error, or 25%, of
+    the best score wins: a model with more parameters must clearly earn its place on networks it did not see, since
+    its extra parameters mostly fit the noise of a handful of networks (on the 2-core machine here the per-group
+    model won the leave-one-out score by a hair and then did worse on 50 new networks). A candidate with a non-positive scale, or more
+    parameters than a third of the networks, is skipped. Returns the calibration dict the predictor reads, with the
+    scores (``loo_mape``).
     """
     n = len(measured_ms)
     if n == 0:
         raise HilonasError("calibration needs at least one measured network")
     folded = [_groups_of(r) for r in raw_by_group]
     groups = sorted({g for r in folded for g in r})
-    candidates = _calibration_models(groups)
     scores: dict[str, float] = {}
+    spreads: dict[str, float] = {}
     fitted: dict[str, list[float]] = {}
-    for name, design in candidates.items():
+    for name, design in _calibration_models(groups).items():
         rows = [design(g) for g in folded]
         params = len(rows[0])
         if name != "scale" and n < 3 * params:
             continue
         coef = _wls(rows, measured_ms)
-        if coef is None or any(c <= 0 for c in (coef if name == "group_affine" else coef[:1])):
-            continue
-        if name == "group_affine" and any(c <= 0 for c in coef[:-1]):
+        scales = coef[:-1] if coef is not None and name == "group_affine" else (coef or [])[:1]
+        if coef is None or any(c <= 0 for c in scales):
             continue
         errors = []
         for i in range(n):  # leave-one-out
             keep = [j for j in range(n) if j != i]
             c = _wls([rows[j] for j in keep], [measured_ms[j] for j in keep]) if n > params else coef
-            if c is None:
-                errors.append(float("inf"))
-                continue
-            pred = sum(a * b for a, b in zip(rows[i], c))
+            pred = sum(a * b for a, b in zip(rows[i], c)) if c is not None else float("inf")
             errors.append(abs(pred / measured_ms[i] - 1))
         scores[name] = sum(errors) / n
+        spreads[name] = statistics.stdev(errors) / math.sqrt(n) if n > 1 and math.isfinite(scores[name]) else 0.0
         fitted[name] = coef
     if not fitted:
         raw = [sum(g.values()) for g in folded]
         fitted["scale"] = [sum(m / r for m, r in zip(measured_ms, raw)) / n]
-        scores["scale"] = float("nan")
-    best = min(fitted, key=lambda k: scores[k] if math.isfinite(scores[k]) else float("inf"))
-    cal = _to_calibration(best, fitted[best], groups)
+        scores["scale"], spreads["scale"] = float("nan"), 0.0
+    finite = {k: v for k, v in scores.items() if math.isfinite(v)}
+    if finite:
+        best = min(finite, key=finite.get)
+        limit = max(finite[best] + spreads[best], 1.25 * finite[best])
+        chosen = next(k for k in fitted if k in finite and finite[k] <= limit)  # candidates are simplest first
+    else:
+        chosen = next(iter(fitted))
+    cal = _to_calibration(chosen, fitted[chosen], groups)
     cal["loo_mape"] = {k: round(v, 5) for k, v in scores.items()}
     return cal
 
@@ -298,7 +304,7 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     build measures only the rest. The returned table carries ``build_stats``: blocks_total, blocks_measured,
     networks_measured, seconds, calibration (method), machine_busy, path.
     """
-    from hilonas.latency.measure import measure_blocks
+    from hilonas.latency.measure import NetworkPasses, measure_blocks, steady_allocator
 
     started = time.perf_counter()
     space, table = _open(space, fp, tables_dir, force)
@@ -310,8 +316,6 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     need_cal = calib_networks > 0 and bool(recalibrate or todo or table.calibration is None)
     busy = machine_busy() if todo or need_cal else None
     _warn_busy(busy)
-    from hilonas.latency.measure import steady_allocator
-
     extra = {"model_code": _model_code_hash(), "allocator": steady_allocator()}
     if table.entries and table.settings.get("model_code") not in (None, extra["model_code"]):
         print(f"warning: {table.path} was measured with other layer/model code than this hilonas has: delete it "
@@ -319,25 +323,30 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     if any(table.settings.get(k) != v for k, v in {**merged, **extra}.items()):
         table.set_settings({**table.settings, **merged, **extra})
     timing_kw = {k: v for k, v in merged.items() if k != "group"}
+    cal_archs = sample_archs(space, calib_networks, f"calibration:{seed}") if need_cal else []
+    networks = NetworkPasses(cal_archs, fp, **timing_kw) if need_cal else None
     with _progress(progress and bool(todo or need_cal)) as bar:
-        if todo:
-            task = bar.add_task(f"blocks of {space.name}", total=sum(rounds - table.passes(k) for k in todo))
-            for r in range(rounds):
-                # One pass over every block still short of r + 1 passes, then the next pass: a block's passes lie
-                # minutes apart. Saved after every group, so an interrupted build resumes where it stopped.
-                need = [k for k in todo if table.passes(k) <= r]
-                for group in _chunks(need, merged["group"]):
-                    timings = measure_blocks(group, fp, **{**timing_kw, "rounds": 1})
-                    for key, t in zip(group, timings):
-                        table.add_pass(key, t, chain=merged["chain"] if key.kind == "block" else 1)
-                    table.save()
-                    for key in group:
-                        bar.advance(task)
-                        if on_block is not None:
-                            on_block(key)
-        if need_cal:
-            task = bar.add_task("calibration networks", total=calib_networks)
-            _calibrate(table, space, fp, merged, calib_networks, seed, lambda _a: bar.advance(task))
+        block_task = bar.add_task(f"blocks of {space.name}", total=sum(rounds - table.passes(k) for k in todo)) \
+            if todo else None
+        net_task = bar.add_task("calibration networks (passes)", total=rounds * len(cal_archs)) if need_cal else None
+        for r in range(rounds):
+            # One pass over every block still short of r + 1 passes, then one over the calibration networks, then
+            # the next pass: a block's passes lie minutes apart, and blocks and networks share the machine's
+            # conditions. Blocks are saved after every group, so an interrupted build resumes where it stopped.
+            need = [k for k in todo if table.passes(k) <= r]
+            for group in _chunks(need, merged["group"]):
+                timings = measure_blocks(group, fp, **{**timing_kw, "rounds": 1})
+                for key, t in zip(group, timings):
+                    table.add_pass(key, t, chain=merged["chain"] if key.kind == "block" else 1)
+                table.save()
+                for key in group:
+                    bar.advance(block_task)
+                    if on_block is not None:
+                        on_block(key)
+            if networks is not None:
+                networks.run_pass(lambda _a: bar.advance(net_task))
+        if networks is not None:
+            _calibrate(table, cal_archs, networks.timings(), merged["statistic"], seed)
             table.save()
     if not table.path.exists():
         table.save()
@@ -349,20 +358,17 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     return table
 
 
-def _calibrate(table: LatencyTable, space: SearchSpace, fp: Fingerprint, settings: dict[str, Any], n: int, seed: int,
-               on_done: Callable[[ArchConfig], None]) -> None:
-    from hilonas.latency.measure import figure_ms, measure_archs
+def _calibrate(table: LatencyTable, archs: list[ArchConfig], timings: list[Any], statistic: str, seed: int) -> None:
+    from hilonas.latency.measure import figure_ms
 
-    archs = sample_archs(space, n, f"calibration:{seed}")
-    timings = measure_archs(archs, fp, on_done=on_done, **{k: v for k, v in settings.items() if k != "group"})
     predictor = LatencyPredictor(table)
     raw = [predictor.breakdown(a) for a in archs]
-    measured = [figure_ms(t, settings["statistic"]) for t in timings]
+    measured = [figure_ms(t, statistic) for t in timings]
     cal = fit_calibration(raw, measured)
     cal.update({
         "fitted_on": len(archs),
         "seed": seed,
-        "statistic": settings["statistic"],
+        "statistic": statistic,
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "networks": [{"describe": a.describe(), "measured_ms": round(m, 4), "median_ms": round(t.median_ms, 4),
                       "raw_ms": round(sum(r.values()), 4), "spread": round(t.spread, 4), "arch": a.to_dict()}
@@ -420,7 +426,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int = 0, *,
                    tables_dir: str | Path = DEFAULT_TABLES_DIR, table: LatencyTable | None = None,
-                   progress: bool = True, force: bool = False, drift_probes: int = 4,
+                   progress: bool = True, force: bool = False, drift_probes: int = 8,
                    **settings: Any) -> dict[str, Any]:
     """Measure ``n`` random networks of ``space`` whole and compare with the table's predictions.
 
@@ -431,8 +437,8 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
         ``{"n", "within_5", "within_10" (shares of networks, 0..1), "mape", "max_ape" (absolute relative errors,
         0.05 = 5%), "spearman", "bias" (mean signed error), "drift" (how much slower the machine runs
         ``drift_probes`` of the calibration networks now than when they were measured for the table, measured in
-        the same passes; None without calibration), "within_10_drift_corrected" (the share within +-10% had the
-        machine not drifted: a diagnostic, not a prediction), "seconds", "table", "rows": [per network: arch,
+        the same passes, a diagnostic of the machine, not of the table; None without calibration), "seconds",
+        "table", "rows": [per network: arch,
         predicted_ms, measured_ms, median_ms, raw_ms, error, spread, noisy]}``.
     """
     if n < 1:
@@ -488,8 +494,6 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
         "spearman": spearman([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
         "bias": sum(r["error"] for r in rows) / n,
         "drift": drift,
-        "within_10_drift_corrected": (sum(abs((1 + r["error"]) * (1 + drift) - 1) <= 0.10 for r in rows) / n
-                                      if drift is not None else None),
         "calibration": (table.calibration or {}).get("method"),
         "statistic": merged["statistic"],
         "machine_busy": busy,

@@ -5,17 +5,21 @@
 inputs it receives there. ``measure_block(s)`` and ``measure_arch(s)`` time them under a :class:`Fingerprint`'s
 settings (device, threads, batch, image size) with one protocol, so table entries and whole networks compare:
 
-- callables are timed in ``rounds`` round-robin passes over all of them, each pass a warm-up and ``repeats`` calls
-  of the timing harness, re-measured while noisy (``max_spread``, ``max_attempts``), samples pooled over the passes.
-  The machine has slow spells (other processes, other tenants of the host) that last tens of seconds and slow a
-  network by up to 2x for a whole pass; passes minutes apart make it unlikely that one spell covers all of them;
+- the process keeps freed memory (:func:`steady_allocator`). With glibc's defaults every activation above 128 KiB
+  is a fresh ``mmap`` whose pages fault in on each call; that cost depends on the heap's history and on the other
+  processes, made the same block take 0.7 or 2.2 ms from one measurement to the next, and hit blocks timed alone
+  differently from the network. It was the largest error source of a summed table on the 2-core machine here.
+- callables are timed in ``rounds`` passes over all of them, each pass a warm-up and ``repeats`` calls of the
+  timing harness, re-measured while noisy (``max_spread``, ``max_attempts``), samples pooled over the passes.
+  A shared machine has slow spells that last tens of seconds; passes minutes apart keep one spell from covering all
+  of a callable's samples.
 - the figure a table keeps is named by ``statistic``: 'min' (default; the fastest pooled sample) or 'median'.
-  On a machine that other processes share, the median moves with their load by tens of percent while the minimum,
-  the run nothing disturbed, repeats within a few percent (the timeit module's advice); on an idle machine the two
-  differ by a few percent and either works. Both are stored with every entry.
+  On a machine other processes share, the median moves with their load while the minimum, the run nothing
+  disturbed, repeats closely (the timeit module's advice); on an idle machine the two differ by a few percent.
+  Both are stored with every entry.
 - a shape-preserving block (transformer / ConvFFN, most of a network's time) is timed as a chain of ``chain``
-  distinct copies run in sequence and divided by ``chain``, as the blocks of a stage run: its weights do not sit in
-  cache from the previous call of the same block, which a block timed alone enjoys and the network does not.
+  distinct copies run in sequence and divided by ``chain``, as the blocks of a stage run: each block's input is
+  the previous block's output and its weights are not the ones the previous call left in cache.
 """
 from __future__ import annotations
 
@@ -31,10 +35,10 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.timing import Timing, time_rounds
 
 __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
-           "measure_arch", "measure_archs", "figure_ms", "timing_settings", "steady_allocator", "MEASURE_DEFAULTS",
-           "STATISTICS"]
+           "measure_arch", "measure_archs", "NetworkPasses", "figure_ms", "timing_settings", "steady_allocator",
+           "MEASURE_DEFAULTS", "STATISTICS"]
 
-MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 20, "max_spread": 0.1, "max_attempts": 3, "rounds": 6,
+MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 10,
                                     "chain": 3, "statistic": "min"}
 STATISTICS = ("min", "median")
 _HARNESS_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
@@ -246,41 +250,69 @@ def measure_block(key: BlockKey, fp: Fingerprint, *, fused: bool = True, **setti
     return measure_blocks([key], fp, fused=fused, **settings)[0]
 
 
+class NetworkPasses:
+    """Whole networks measured pass by pass: each :meth:`run_pass` times every network once with the timing
+    harness; :meth:`timings` pools each network's passes. Lets a caller interleave network passes with other work
+    (the table build puts the calibration networks' passes between the blocks' passes).
+
+    Networks are kept between passes while their parameters fit ``cache_bytes``, rebuilt (same seed) otherwise.
+    """
+
+    def __init__(self, archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,
+                 cache_bytes: int = 2 << 30, **settings: Any) -> None:
+        self.archs = list(archs)
+        self.fp = fp
+        self.fused = fused
+        self.settings = timing_settings(**settings)
+        self.cache_bytes = cache_bytes
+        self.passes: list[list[Timing]] = [[] for _ in self.archs]
+        self._cache: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+        self._cached_bytes = 0
+
+    def _model(self, i: int) -> tuple[nn.Module, torch.Tensor]:
+        model_x = self._cache.get(i)
+        if model_x is None:
+            model_x = build_arch_model(self.archs[i], self.fp, self.fused)
+            size = sum(p.numel() * p.element_size() for p in model_x[0].parameters())
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[i] = model_x
+                self._cached_bytes += size
+        return model_x
+
+    def run_pass(self, on_each: Callable[[ArchConfig], None] | None = None) -> None:
+        from hilonas.latency.timing import time_callable
+
+        s = self.settings
+        dev = device_of(self.fp)
+        steady_allocator()
+        for i, arch in enumerate(self.archs):
+            warm = s["warmup"] if not self.passes[i] or i not in self._cache else min(1, s["warmup"])
+            model, x = self._model(i)
+            self.passes[i].append(time_callable(lambda: model(x), threads=self.fp.threads if dev == "cpu" else None,
+                                                device=dev, warmup=warm,
+                                                **{k: s[k] for k in _HARNESS_KEYS if k != "warmup"}))
+            del model, x
+            if on_each is not None:
+                on_each(arch)
+
+    def timings(self) -> list[Timing]:
+        from hilonas.latency.timing import pool_timings
+
+        return [pool_timings(ts) for ts in self.passes]
+
+
 def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,
                   on_done: Callable[[ArchConfig], None] | None = None, cache_bytes: int = 2 << 30,
                   **settings: Any) -> list[Timing]:
     """Whole-network Timings of ``archs`` on ``fp``'s target, batch, threads and resolution, with the blocks'
     protocol: ``rounds`` passes, each pass timing every network once (:func:`time_callable`) before the next pass
     starts, so a network's passes lie minutes apart and a slow spell of the machine cannot cover all of them.
-    Networks are kept between passes while their parameters fit ``cache_bytes``, rebuilt (same seed) otherwise.
     ``on_done(arch)`` is called after each network's last pass.
     """
-    from hilonas.latency.timing import pool_timings, time_callable
-
-    s = timing_settings(**settings)
-    dev = device_of(fp)
-    steady_allocator()
-    archs = list(archs)
-    passes: list[list[Timing]] = [[] for _ in archs]
-    cache: dict[int, tuple[nn.Module, torch.Tensor]] = {}
-    cached_bytes = 0
-    for r in range(s["rounds"]):
-        for i, arch in enumerate(archs):
-            model_x = cache.get(i)
-            if model_x is None:
-                model_x = build_arch_model(arch, fp, fused)
-                size = sum(p.numel() * p.element_size() for p in model_x[0].parameters())
-                if s["rounds"] > 1 and cached_bytes + size <= cache_bytes:
-                    cache[i] = model_x
-                    cached_bytes += size
-            model, x = model_x
-            passes[i].append(time_callable(lambda: model(x), threads=fp.threads if dev == "cpu" else None, device=dev,
-                                           **{k: (min(1, s[k]) if k == "warmup" and r > 0 and i in cache else s[k])
-                                              for k in _HARNESS_KEYS}))
-            del model, x, model_x
-            if r == s["rounds"] - 1 and on_done is not None:
-                on_done(arch)
-    return [pool_timings(ts) for ts in passes]
+    bench = NetworkPasses(archs, fp, fused=fused, cache_bytes=cache_bytes, **settings)
+    for r in range(bench.settings["rounds"]):
+        bench.run_pass(on_done if r == bench.settings["rounds"] - 1 else None)
+    return bench.timings()
 
 
 def measure_arch(arch: ArchConfig, fp: Fingerprint, *, fused: bool = True, **settings: Any) -> Timing:

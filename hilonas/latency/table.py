@@ -323,6 +323,7 @@ class LatencyTable:
     def _write_atomic(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a table is data to share
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
@@ -338,6 +339,12 @@ class LatencyTable:
     def describe(self) -> str:
         cal = "calibrated" if self.calibration else "not calibrated"
         return f"{self.path}: {len(self.entries)} blocks, {cal}, {self.fingerprint.describe()}"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -98,7 +98,7 @@ def test_validate_reports_figures_on_networks_the_calibration_never_saw(tmp_path
     for row in result["rows"]:
         assert row["error"] == pytest.approx(row["predicted_ms"] / row["measured_ms"] - 1, abs=1e-3)
     # Calibration networks re-measured in the same passes tell how far the machine drifted since the build.
-    assert result["drift"] > -1 and 0 <= result["within_10_drift_corrected"] <= 1
+    assert result["drift"] > -1
 
 
 def test_validate_without_a_table_says_build_first(tmp_path, tiny_space, cpu_fp):

@@ -1,6 +1,7 @@
 """LatencyTable: round trip, refusals (other hardware, corrupt file), safe concurrent writers."""
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -40,6 +41,9 @@ def test_round_trip(tmp_path):
     assert data["schema_version"] == SCHEMA_VERSION and data["fingerprint"] == fp.to_dict()
     assert data["fingerprint_id"] == fp.id
     assert again.missing([key(0), key(2), key(2), key(1)]) == [key(2)]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert table.path.stat().st_mode & 0o777 == 0o666 & ~mask  # as any file (mkstemp alone would make it private)
 
 
 def test_statistic_min_reads_min_ms(tmp_path):

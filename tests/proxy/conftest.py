@@ -17,3 +17,21 @@ def small_data():
     from hilonas.proxy.data import load_dataset
 
     return load_dataset("digits", resolution=16, max_train=256, max_val=100)
+
+
+MICRO_SPACE = """
+name: micro
+description: two-stage space for tests
+fixed: {img_size: 32, patch_size: 4, num_classes: 10}
+stages:
+  - {depth: 1, dim: [8, 16], mlp_ratio: [1, 2], mixer: none}
+  - {depth: 1, dim: [16, 32], heads: 2, mlp_ratio: 2, mixer: hilo, alpha: 0.5, window: [1, 2]}
+"""
+
+
+@pytest.fixture
+def micro_space(tmp_path):
+    """A YAML file of a 16-architecture two-stage space: tiny networks for bench tests."""
+    path = tmp_path / "micro.yaml"
+    path.write_text(MICRO_SPACE)
+    return path

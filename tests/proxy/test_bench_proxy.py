@@ -9,15 +9,6 @@ from hilonas.bench import proxy as bench
 from hilonas.errors import HilonasError
 from hilonas.proxy.train import ProxyBudget
 
-MICRO_SPACE = """
-name: micro
-description: two-stage space for tests
-fixed: {img_size: 32, patch_size: 4, num_classes: 10}
-stages:
-  - {depth: 1, dim: [8, 16], mlp_ratio: [1, 2], mixer: none}
-  - {depth: 1, dim: [16, 32], heads: 2, mlp_ratio: 2, mixer: hilo, alpha: 0.5, window: [1, 2]}
-"""
-
 
 def test_correlations_by_hand():
     assert bench.correlations([1, 2, 3, 4], [10, 20, 30, 40]) == (pytest.approx(1.0), pytest.approx(1.0))
@@ -26,18 +17,17 @@ def test_correlations_by_hand():
     assert all(v != v for v in bench.correlations([1, 1, 1], [1, 2, 3]))  # constant scores: undefined (NaN)
 
 
-def test_sample_archs_distinct_and_seeded():
+def test_sample_archs_distinct_and_seeded(micro_space):
     from hilonas.spaces import SearchSpace
 
-    space = SearchSpace.from_yaml(MICRO_SPACE)
+    space = SearchSpace.load(micro_space)
     archs = bench.sample_archs(space, 5, seed=0)
     assert len(set(archs)) == 5 and archs == bench.sample_archs(space, 5, seed=0)
     assert len(bench.sample_archs(space, 100, seed=0)) == len(list(space.iter_archs()))  # capped by the space
 
 
-def test_bench_report_and_resume(tmp_path, monkeypatch):
-    space = tmp_path / "micro.yaml"
-    space.write_text(MICRO_SPACE)
+def test_bench_report_and_resume(tmp_path, micro_space, monkeypatch):
+    space = micro_space
     log = tmp_path / "bench.jsonl"
     kwargs = dict(data="digits", resolution=16, budget=ProxyBudget(steps=2, batch_size=16), reference_factor=2,
                   extra_epochs=(0.02,), log=log)

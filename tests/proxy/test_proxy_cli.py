@@ -65,3 +65,12 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path, monkey
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_bench_proxy_json(micro_space, capsys):
+    code, stdout, _ = _run(["bench", "proxy", "--space", str(micro_space), "--n", "3", "--data", "digits", "--resolution",
+                            "16", "--epochs", "0.05", "--reference-factor", "2", "--json"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["n"] == 3 and report["reference_epochs"] == pytest.approx(0.1)
+    assert {"spearman", "kendall", "seconds_per_arch"} <= set(report["proxies"]["default"])
