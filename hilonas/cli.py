@@ -248,7 +248,7 @@ def train(config: str = typer.Argument(..., help="variant name or a config YAML 
 
 @bench_app.command("search")
 def bench_search(space: str = typer.Option("litv2_tiny", help="a shipped space name or a space YAML"),
-                 trials: int = typer.Option(4, help="trials per run (one run with 1 worker, one with 2)"),
+                 trials: int = typer.Option(8, help="trials per run (one run with 1 worker, one with 2)"),
                  steps: int = typer.Option(60, help="proxy training steps per trial"),
                  seed: int = typer.Option(0),
                  tables: str = typer.Option("latency_tables", help="latency tables folder"),
@@ -541,7 +541,7 @@ def latency_build(space: str = typer.Option("litv2_tiny", help="a shipped space 
                   recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
                   calib_networks: int = typer.Option(16, help="whole networks measured for the calibration"),
                   repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 12)"),
-                  rounds: Optional[int] = typer.Option(None, help="passes over all blocks (default 10)"),
+                  rounds: Optional[int] = typer.Option(None, help="passes over all blocks (default 20)"),
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Measure every block of a space on this machine into its latency table, then fit the calibration."""
     if calib_networks < 0:
@@ -595,7 +595,7 @@ def latency_validate(space: str = typer.Option("litv2_tiny", help="a shipped spa
             writer = csv_mod.DictWriter(fh, fieldnames=list(result["rows"][0]))
             writer.writeheader()
             writer.writerows(result["rows"])
-    figures = {k: result[k] for k in ("n", "within_5", "within_10", "mape", "max_ape", "spearman")}
+    figures = {k: result[k] for k in ("n", "within_5", "within_10", "mape", "max_ape", "spearman", "bias", "drift")}
     if as_json:
         _echo_json({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
         return
@@ -607,8 +607,9 @@ def latency_validate(space: str = typer.Option("litv2_tiny", help="a shipped spa
                + (f", CPUs busy with other work {result['machine_busy']:.0%} at start"
                   if result["machine_busy"] is not None else ""))
     if result["drift"] is not None:
+        d = result["drift"]
         typer.echo(f"  machine drift: the table's calibration networks, measured again in the same passes, run "
-                   f"{result['drift']:+.1%} slower than when the table was built")
+                   f"{abs(d):.1%} {'slower' if d >= 0 else 'faster'} than when the table was built")
     if csv:
         typer.echo(f"  rows: {csv}")
 

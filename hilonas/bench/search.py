@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 
-def run_search_bench(space: str = "litv2_tiny", trials: int = 4, steps: int | None = 60, seed: int = 0,
+def run_search_bench(space: str = "litv2_tiny", trials: int = 8, steps: int | None = 60, seed: int = 0,
                      tables_dir: str = "latency_tables", data: str | None = None) -> dict[str, Any]:
     from hilonas.search.driver import SearchSettings, run_search
 

@@ -38,7 +38,7 @@ __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_bl
            "measure_arch", "measure_archs", "NetworkPasses", "figure_ms", "timing_settings", "steady_allocator",
            "MEASURE_DEFAULTS", "STATISTICS"]
 
-MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 10,
+MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 20,
                                     "chain": 3, "statistic": "min"}
 STATISTICS = ("min", "median")
 _HARNESS_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")

@@ -169,6 +169,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
         table = prepare_table(space, fingerprint, settings.tables_dir, executor, progress)
         predictor = LatencyPredictor(table)
         data_ref = executor.put(data)
+        executor.warm_up()
         done_by_arch = _known_results(study)
         max_failures = settings.max_failures if settings.max_failures is not None else 2 * settings.trials + 5
         view = _Progress(progress, settings.trials, executor.description)

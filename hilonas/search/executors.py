@@ -28,6 +28,9 @@ class Executor:
     slots: int = 1
     description: str = ""
 
+    def warm_up(self) -> None:
+        """Start the workers and import what evaluations need (part of start-up, not of any trial)."""
+
     def put(self, obj: Any) -> Any:
         return obj
 

@@ -29,6 +29,18 @@ def _call_reporting_node(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
     return ray.get_runtime_context().get_node_id(), fn(*args)
 
 
+@ray.remote
+def _warm_up() -> int:
+    """Import what an evaluation needs, so the first trial of each worker is not charged the imports."""
+    import time
+
+    import hilonas.models.flops  # noqa: F401  (torch, fvcore)
+    import hilonas.proxy.train  # noqa: F401
+
+    time.sleep(0.5)  # hold the CPU a moment so every slot's task lands on its own worker
+    return os.getpid()
+
+
 class RayExecutor(Executor):
     def __init__(self, workers: int, *, address: str | None = None, resources: dict[str, float] | None = None,
                  gpus_per_trial: float = 0.0) -> None:
@@ -39,7 +51,8 @@ class RayExecutor(Executor):
                 if address:
                     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
                 else:
-                    ray.init(num_cpus=workers, include_dashboard=False, resources=resources or {},
+                    # address="local": always a fresh runtime of our own, even when another Ray runs on this machine
+                    ray.init(address="local", num_cpus=workers, include_dashboard=False, resources=resources or {},
                              logging_level=logging.WARNING, log_to_driver=False,
                              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
                     self._owns = True
@@ -57,6 +70,9 @@ class RayExecutor(Executor):
         self.last_pinned_node: str | None = None  # the Ray node that ran the last run_pinned call
         self._options = {"num_cpus": 1, "num_gpus": gpus_per_trial, "max_retries": MAX_RETRIES,
                          "retry_exceptions": False}
+
+    def warm_up(self) -> None:
+        ray.get([_warm_up.options(num_cpus=1).remote() for _ in range(self.slots)])
 
     def put(self, obj: Any) -> Any:
         return ray.put(obj)

@@ -68,7 +68,8 @@ def test_validate_json_and_csv(capsys, built, tmp_path):
                          "--tables", str(table.path.parent), "--json", "--csv", str(csv))
     assert code == 0, err
     figures = json.loads(out)
-    assert set(figures) == {"n", "within_5", "within_10", "mape", "max_ape", "spearman"} and figures["n"] == 3
+    assert set(figures) == {"n", "within_5", "within_10", "mape", "max_ape", "spearman", "bias", "drift"}
+    assert figures["n"] == 3
     assert len(csv.read_text().strip().splitlines()) == 4
 
 
