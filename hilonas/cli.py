@@ -437,6 +437,7 @@ def export(study: str = typer.Argument(..., help="study name"),
            onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked with onnxruntime"),
            no_measure: bool = typer.Option(False, "--no-measure", help="skip re-measuring the latency"),
            force: bool = typer.Option(False, "--force", help="replace --out if it exists (once the export is done)"),
+           tables: str = typer.Option("latency_tables", help="latency tables folder (for the re-measurement)"),
            storage: Optional[str] = typer.Option(None, help="Optuna storage URL when not the default file"),
            runs: str = typer.Option("runs", help="folder of studies"),
            as_json: bool = typer.Option(False, "--json", help="print the provenance as one JSON object")) -> None:
@@ -450,7 +451,7 @@ def export(study: str = typer.Argument(..., help="study name"),
     target = out or Path(runs) / study / f"export-trial{int(row['number'])}"
     _quiet_torch()
     prov = export_trial(row, study_settings(opened), target, weights=weights, onnx=onnx, measure=not no_measure,
-                        epochs=epochs, force=force)
+                        epochs=epochs, force=force, tables_dir=tables)
     m = prov.get("measurement", {})
     if m.get("measured"):
         m["error"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0

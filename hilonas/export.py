@@ -81,7 +81,8 @@ def knee_index(latency: list[float], accuracy: list[float]) -> int:
 
 def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, *, weights: bool = False,
                  onnx: bool = False, measure: bool = True, epochs: float | None = None,
-                 data_spec: str | None = None, force: bool = False) -> dict[str, Any]:
+                 data_spec: str | None = None, force: bool = False,
+                 tables_dir: str | Path = "latency_tables") -> dict[str, Any]:
     """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written.
 
     An existing non-empty ``out_dir`` is refused unless ``force``, which replaces it only once the new export is
@@ -114,7 +115,7 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         if measure:
-            provenance["measurement"] = remeasure(arch, settings)
+            provenance["measurement"] = remeasure(arch, settings, tables_dir)
         if weights:
             arch, provenance["weights"] = _train_weights(arch, settings, tmp, epochs, data_spec)
         if onnx:
@@ -143,10 +144,12 @@ def _int(value: Any) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
 
 
-def remeasure(arch: ArchConfig, settings: dict[str, Any]) -> dict[str, Any]:
-    """Measure the network whole on this machine when it is the study's target; say so when it is not."""
+def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path = "latency_tables") -> dict[str, Any]:
+    """Measure the network whole on this machine when it is the study's target, with the protocol and the figure
+    (fastest pass or median) of the table the prediction came from; say so when this machine is not the target."""
     from hilonas.latency.fingerprint import Fingerprint, current_fingerprint
-    from hilonas.latency.measure import measure_arch
+    from hilonas.latency.measure import figure_ms, measure_arch
+    from hilonas.latency.table import LatencyTable
 
     stored = settings.get("fingerprint")
     if not stored:
@@ -159,9 +162,10 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any]) -> dict[str, Any]:
         return {"measured": False, "reason": str(err)}
     if here.id != target.id:
         return {"measured": False, "reason": f"this machine is not the target ({target.describe_diff(here)})"}
+    table = LatencyTable.open(target, tables_dir=tables_dir, force=True)
     timing = measure_arch(arch, target)
-    return {"measured": True, "measured_latency_ms": timing.median_ms, "spread": timing.spread, "runs": timing.runs,
-            "noisy": timing.noisy}
+    return {"measured": True, "measured_latency_ms": figure_ms(timing, table.statistic), "statistic": table.statistic,
+            "median_ms": timing.median_ms, "spread": timing.spread, "runs": timing.runs, "noisy": timing.noisy}
 
 
 def _train_weights(arch: ArchConfig, settings: dict[str, Any], folder: Path, epochs: float | None,

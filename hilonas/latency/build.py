@@ -211,9 +211,9 @@ def fit_calibration(raw_by_group: list[dict[str, float]], measured_ms: list[floa
     leave-one-out mean absolute relative error, and the simplest candidate within one standard error, or 25%, of
     the best score wins: a model with more parameters must clearly earn its place on networks it did not see, since
     its extra parameters mostly fit the noise of a handful of networks (on the 2-core machine here the per-group
-    model won the leave-one-out score by a hair and then did worse on 50 new networks). A candidate with a non-positive scale, or more
-    parameters than a third of the networks, is skipped. Returns the calibration dict the predictor reads, with the
-    scores (``loo_mape``).
+    model won the leave-one-out score by a hair and then did worse on 50 new networks). A candidate with a
+    non-positive scale, or more parameters than a third of the networks, is skipped. Returns the calibration dict
+    the predictor reads, with the scores (``loo_mape``).
     """
     n = len(measured_ms)
     if n == 0:
