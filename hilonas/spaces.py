@@ -197,6 +197,23 @@ class SearchSpace:
             per_stage.append({k: params.get(self.param_name(i, k), v[0]) for k, v in st.items()})
         return self._config(per_stage).validate().canonical()
 
+    def random_archs(self, n: int, seed: int | str, exclude: set[ArchConfig] | None = None) -> list[ArchConfig]:
+        """``n`` distinct architectures drawn uniformly with ``seed`` (none in ``exclude``), in draw order; fewer
+        only when the space runs out of new ones. The one seeded sampler behind benches and table calibration."""
+        import random
+
+        rng = random.Random(seed)
+        seen: set[ArchConfig] = set(exclude or ())
+        out: list[ArchConfig] = []
+        for _ in range(100 * n + 1000):
+            if len(out) == n:
+                break
+            arch = self.sample(_SeededTrial(rng))
+            if arch not in seen:
+                seen.add(arch)
+                out.append(arch)
+        return out
+
     def iter_archs(self) -> Iterator[ArchConfig]:
         """Every distinct architecture of the space (canonical), in a fixed order. Can be very many."""
         seen = set()
@@ -248,6 +265,16 @@ class SearchSpace:
             lines.append(f"  stage {i}: " + ", ".join(f"{k}={list(v) if len(v) > 1 else v[0]}" for k, v in st.items()))
         lines.append(f"  {self.size():,} combinations")
         return "\n".join(lines)
+
+
+class _SeededTrial:
+    """The slice of Optuna's trial API that :meth:`SearchSpace.sample` calls, drawing uniformly from an RNG."""
+
+    def __init__(self, rng: Any) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.rng.choice(list(choices))
 
 
 def _short(stage: dict[str, Any]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,34 +21,9 @@ from typing import Any, Callable, Sequence
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 
-__all__ = ["sample_archs", "run_proxy_bench", "format_proxy_bench", "correlations"]
+__all__ = ["run_proxy_bench", "format_proxy_bench", "correlations"]
 
 ZC_BATCH = 64
-
-
-class _RandomTrial:
-    """The part of an Optuna trial that ``SearchSpace.sample`` calls, drawing uniformly from a seeded RNG."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.rng.choice(list(choices))
-
-
-def sample_archs(space: Any, n: int, seed: int) -> list[ArchConfig]:
-    """``n`` distinct architectures of ``space`` drawn uniformly at random (fewer if the space is smaller)."""
-    rng = random.Random(seed)
-    archs: list[ArchConfig] = []
-    seen = set()
-    for _ in range(max(100 * n, 1000)):
-        arch = space.sample(_RandomTrial(rng))
-        if arch not in seen:
-            seen.add(arch)
-            archs.append(arch)
-            if len(archs) == n:
-                break
-    return archs
 
 
 def correlations(scores: Sequence[float], reference: Sequence[float]) -> tuple[float, float]:
@@ -151,7 +125,7 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         raise HilonasError(f"--reference-factor={reference_factor} must be > 1")
     budget = DEFAULT_BUDGET if budget is None else budget
     sp = SearchSpace.load(space)
-    archs = sample_archs(sp, n, seed)
+    archs = sp.random_archs(n, seed)
     budgets: dict[str, Any] = {"default": budget}
     for e in extra_epochs:
         if not e > 0:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import statistics
 import sys
 import time
@@ -40,16 +39,6 @@ DEFAULT_GROUP = 8
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-class _RandomTrial:
-    """The slice of Optuna's trial API that ``SearchSpace.sample`` calls, drawing uniformly with a seeded RNG."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.rng.choice(list(choices))
-
-
 def space_at(space: SearchSpace, resolution: int) -> SearchSpace:
     """``space`` with ``img_size = resolution`` (re-validated), or ``space`` itself when it already is."""
     if space.fixed.get("img_size", 224) == resolution:
@@ -62,22 +51,10 @@ def space_at(space: SearchSpace, resolution: int) -> SearchSpace:
 def sample_archs(space: SearchSpace, n: int, seed: int | str,
                  exclude: set[ArchConfig] | None = None) -> list[ArchConfig]:
     """``n`` distinct architectures drawn uniformly from ``space`` with ``seed``, none of them in ``exclude``."""
-    if n > space.size():
-        raise HilonasError(f"space {space.name} has fewer than {n} distinct architectures ({space.size()} "
-                           "combinations at most): ask for fewer")
-    rng = random.Random(seed)
-    seen: set[ArchConfig] = set(exclude or ())
-    out: list[ArchConfig] = []
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n + 1000:
-            raise HilonasError(f"space {space.name} has fewer than {n} distinct architectures to sample "
-                               f"(found {len(out)}): ask for fewer")
-        arch = space.sample(_RandomTrial(rng))
-        if arch not in seen:
-            seen.add(arch)
-            out.append(arch)
+    out = space.random_archs(n, seed, exclude)
+    if len(out) < n:
+        raise HilonasError(f"space {space.name} has fewer than {n} distinct architectures to sample "
+                           f"(found {len(out)}): ask for fewer")
     return out
 
 

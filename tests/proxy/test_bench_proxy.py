@@ -21,9 +21,9 @@ def test_sample_archs_distinct_and_seeded(micro_space):
     from hilonas.spaces import SearchSpace
 
     space = SearchSpace.load(micro_space)
-    archs = bench.sample_archs(space, 5, seed=0)
-    assert len(set(archs)) == 5 and archs == bench.sample_archs(space, 5, seed=0)
-    assert len(bench.sample_archs(space, 100, seed=0)) == len(list(space.iter_archs()))  # capped by the space
+    archs = space.random_archs(5, seed=0)
+    assert len(set(archs)) == 5 and archs == space.random_archs(5, seed=0)
+    assert len(space.random_archs(100, seed=0)) == len(list(space.iter_archs()))  # capped by the space
 
 
 def test_bench_report_and_resume(tmp_path, micro_space, monkeypatch):
