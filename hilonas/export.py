@@ -172,13 +172,13 @@ def _train_weights(arch: ArchConfig, settings: dict[str, Any], folder: Path, epo
                    data_spec: str | None) -> tuple[ArchConfig, dict[str, Any]]:
     from safetensors.torch import save_file
 
-    from hilonas.proxy.data import load_dataset
+    from hilonas.proxy.data import dataset_spec, load_dataset
     from hilonas.proxy.train import ProxyBudget, adapt_arch, train_proxy
 
     budget = ProxyBudget(**(settings.get("budget") or {}))
     if epochs is not None:
         budget = replace(budget, epochs=epochs, steps=None)
-    spec = data_spec if data_spec is not None else _data_spec(settings.get("data"))
+    spec = data_spec if data_spec is not None else dataset_spec(settings.get("data"))
     data = load_dataset(spec, resolution=int(settings.get("resolution") or 32), seed=int(settings.get("seed", 0)))
     result = train_proxy(arch, data, budget, seed=int(settings.get("seed", 0)), return_model=True)
     if result.failed:
@@ -187,15 +187,6 @@ def _train_weights(arch: ArchConfig, settings: dict[str, Any], folder: Path, epo
     save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(folder / "weights.safetensors"))
     return trained, {"file": "weights.safetensors", "data": data.name, "resolution": data.resolution,
                      "accuracy": result.accuracy, "epochs": result.epochs, "steps": result.steps}
-
-
-def _data_spec(name: str | None) -> str | None:
-    """The load_dataset spec for a dataset name stored in a study ('mnist5k', 'folder:/x', 'cifar10:/y')."""
-    if name is None or name in ("mnist5k", "default"):
-        return None
-    if name.startswith("folder:"):
-        return name[len("folder:"):]
-    return name
 
 
 def export_onnx(arch: ArchConfig, path: Path, weights: Path | None = None) -> dict[str, Any]:

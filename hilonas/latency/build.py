@@ -31,7 +31,7 @@ from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
 from hilonas.latency.table import DEFAULT_TABLES_DIR, LatencyTable
 from hilonas.spaces import SearchSpace
 
-__all__ = ["build_table", "ensure_table", "validate_table", "sample_archs", "space_at", "fit_calibration",
+__all__ = ["build_table", "ensure_table", "table_complete", "validate_table", "sample_archs", "space_at", "fit_calibration",
            "spearman", "machine_busy", "DEFAULT_CALIB_NETWORKS"]
 
 DEFAULT_CALIB_NETWORKS = 16
@@ -354,16 +354,22 @@ def _calibrate(table: LatencyTable, archs: list[ArchConfig], timings: list[Any],
     table.set_calibration(cal)
 
 
+def table_complete(space: SearchSpace, fp: Fingerprint, table: LatencyTable, **kwargs: Any) -> bool:
+    """Whether ``table`` has every block of ``space`` (all passes) and its calibration: nothing to measure."""
+    calib = kwargs.get("calib_networks", DEFAULT_CALIB_NETWORKS)
+    rounds = _table_settings(table, {"rounds": kwargs.get("rounds")})["rounds"]
+    keys = space_at(space, fp.resolution).enumerate_blocks()
+    return not table.incomplete(keys, rounds) and (table.calibration is not None or not calib)
+
+
 def ensure_table(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR, *,
                  progress: bool = False, force: bool = False, **kwargs: Any) -> LatencyTable:
     """The complete table of ``space`` on ``fp``: built (or completed) when blocks or the calibration are missing.
 
     Silent and measurement-free when the table is already complete; ``kwargs`` go to :func:`build_table`.
     """
-    space_r, table = _open(space, fp, tables_dir, force)
-    calib = kwargs.get("calib_networks", DEFAULT_CALIB_NETWORKS)
-    rounds = _table_settings(table, {k: kwargs.get(k) for k in ("rounds",)})["rounds"]
-    if not table.incomplete(space_r.enumerate_blocks(), rounds) and (table.calibration is not None or not calib):
+    _, table = _open(space, fp, tables_dir, force)
+    if table_complete(space, fp, table, **kwargs):
         table.build_stats = {"blocks_total": len(table.entries), "blocks_measured": 0, "blocks_completed": 0,
                              "networks_measured": 0,
                              "seconds": 0.0, "calibration": (table.calibration or {}).get("method"),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from hilonas.errors import HilonasError
 
-__all__ = ["ProxyData", "load_dataset", "IMAGE_EXTENSIONS"]
+__all__ = ["ProxyData", "load_dataset", "dataset_spec", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 _SPLIT_DIRS = ("val", "test", "valid", "validation")
@@ -73,6 +73,14 @@ class ProxyData:
 
 
 # --------------------------------------------------------------------------------------------------------- public
+def dataset_spec(name: str | None) -> str | None:
+    """The ``load_dataset`` spec that gives back a dataset named ``name`` (``ProxyData.name``, as studies store it):
+    'mnist5k' -> the default, 'folder:/x' -> '/x', anything else ('digits', 'cifar10:/y') as it is."""
+    if name is None or name in ("mnist5k", "default"):
+        return None
+    return name[len("folder:"):] if name.startswith("folder:") else name
+
+
 def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fraction: float | None = None,
                  seed: int = 0, max_train: int | None = None, max_val: int | None = None) -> ProxyData:
     """Load a dataset for proxy training; see the module docstring for the accepted specs.

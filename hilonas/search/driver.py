@@ -92,13 +92,13 @@ def _ensure_table_task(space: SearchSpace, fingerprint: Any, tables_dir: str) ->
 
 def prepare_table(space: SearchSpace, fingerprint: Any, tables_dir: str, executor: Executor, progress: bool):
     """The latency table for the target, complete for the space, before any training starts."""
-    from hilonas.latency.build import ensure_table
+    from hilonas.latency.build import ensure_table, table_complete
     from hilonas.latency.table import LatencyTable
 
-    table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
-    if not table.missing(space.enumerate_blocks()) and table.calibration:
-        return table
     if getattr(executor, "description", "").startswith("ray (cluster"):
+        table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
+        if table_complete(space, fingerprint, table):
+            return table
         # On a cluster the blocks are measured on a node that has this hardware (its custom resource).
         result = executor.run_pinned(_ensure_table_task, space, fingerprint, str(Path(tables_dir).resolve()),
                                      resource=hardware_resource(fingerprint), cpus=fingerprint.threads)

@@ -19,7 +19,7 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = "latency_tables") 
     from hilonas.latency.fingerprint import Fingerprint
     from hilonas.latency.predictor import LatencyPredictor
     from hilonas.latency.table import LatencyTable
-    from hilonas.proxy.data import load_dataset
+    from hilonas.proxy.data import dataset_spec, load_dataset
 
     settings = studies.study_settings(study)
     space = SearchSpace.load(settings.get("space_source") or settings["space"])
@@ -28,9 +28,7 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = "latency_tables") 
                            "(add a 'references:' section to its YAML)")
     fingerprint = Fingerprint.from_dict(settings["fingerprint"])
     predictor = LatencyPredictor(LatencyTable.open(fingerprint, tables_dir=tables_dir), measure_missing=True)
-    from hilonas.export import _data_spec
-
-    data = load_dataset(_data_spec(settings.get("data")), resolution=int(settings["resolution"]),
+    data = load_dataset(dataset_spec(settings.get("data")), resolution=int(settings["resolution"]),
                         seed=int(settings["seed"]))
     kept = {r["landmark"]: r for r in studies.landmark_records(study)}
     records = []

@@ -144,3 +144,11 @@ def test_cifar_errors(tmp_path):
     _cifar_folder(other, "cifar100")
     with pytest.raises(HilonasError, match="lacks"):
         load_dataset(f"cifar10:{other}")
+
+
+def test_dataset_spec_inverts_the_names_studies_store():
+    from hilonas.proxy.data import dataset_spec
+
+    assert dataset_spec("mnist5k") is None and dataset_spec(None) is None
+    assert dataset_spec("folder:/data/pets") == "/data/pets"
+    assert dataset_spec("cifar10:/data/c10") == "cifar10:/data/c10" and dataset_spec("digits") == "digits"
