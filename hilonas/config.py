@@ -8,21 +8,24 @@ Per-stage fields (one entry per stage):
     embed_dims   channel width
     num_heads    attention heads (ignored where the mixer is 'none')
     mlp_ratios   ConvFFN hidden width = round(dim * ratio)
-    mixers       'none' (ConvFFN-only blocks, LITv2 stages 0-1), 'hilo', 'msa', 'sra' or 'window'
-    alphas       HiLo share of Lo-Fi heads, in [0, 1] (used by 'hilo' only)
-    window_sizes HiLo window / SRA reduction ratio / local window size (ignored by 'msa' and 'none')
+    mixers       a name of the mixer registry (:mod:`hilonas.mixers`): 'none' (ConvFFN-only blocks, LITv2
+                 stages 0-1), 'hilo', 'msa', 'sra', 'window'
+    alphas       in [0, 1]; what it means (HiLo: share of Lo-Fi heads) is the mixer's registry row
+    window_sizes >= 1; what it means (HiLo window, SRA reduction ratio, ...) is the mixer's registry row
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
+from hilonas import mixers as _mixers
 from hilonas.errors import ConfigError
+from hilonas.mixers import MIXERS, lofi_heads  # noqa: F401  (re-exported: the registry is the one mixer list)
 
-MIXERS = ("none", "hilo", "msa", "sra", "window")
 MERGES = ("conv", "dtm")
 STAGE_FIELDS = ("depth", "dim", "heads", "mlp_ratio", "mixer", "alpha", "window")
 _PER_STAGE = ("depths", "embed_dims", "num_heads", "mlp_ratios", "mixers", "alphas", "window_sizes")
@@ -39,11 +42,6 @@ class Stage(NamedTuple):
     mixer: str
     alpha: float
     window: int
-
-
-def lofi_heads(heads: int, alpha: float, window: int) -> int:
-    """Lo-Fi head count of HiLo, exactly as the reference: ``int(heads * alpha)``, all heads when window == 1."""
-    return heads if window == 1 else int(heads * alpha)
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ class ArchConfig:
         return int(round(self.embed_dims[i] * self.mlp_ratios[i]))
 
     # ------------------------------------------------------------------------------------------------ validation
-    def validate(self) -> "ArchConfig":
+    def validate(self) -> ArchConfig:
         """Raise :class:`ConfigError` naming stage, field, value and fix for the first impossible setting."""
         n = len(self.depths)
         if n == 0:
@@ -139,7 +137,8 @@ class ArchConfig:
         for i, ((h, w), s) in enumerate(zip(self.stage_resolutions(), self.stages())):
             where = f"stages[{i}]"
             if s.depth < 1:
-                raise ConfigError(f"{where}.depth={s.depth} must be >= 1: remove the stage instead of giving it depth 0")
+                raise ConfigError(f"{where}.depth={s.depth} must be >= 1: remove the stage instead of giving it "
+                                  "depth 0")
             if s.dim < 1:
                 raise ConfigError(f"{where}.dim={s.dim} must be >= 1")
             if s.mlp_ratio <= 0 or self.hidden_dim(i) < 1:
@@ -151,43 +150,39 @@ class ArchConfig:
                                   "(0 = all Hi-Fi, 1 = all Lo-Fi)")
             if s.window < 1:
                 raise ConfigError(f"{where}.window={s.window} must be >= 1")
-            if s.mixer == "none":
-                continue
-            if s.heads < 1:
-                raise ConfigError(f"{where}.heads={s.heads} must be >= 1")
-            if s.dim % s.heads:
-                lower = s.dim - s.dim % s.heads
-                hint = f"{lower} or {lower + s.heads}" if lower else f"{s.heads}"
-                raise ConfigError(f"{where}.dim={s.dim} is not divisible by {where}.heads={s.heads}: "
-                                  f"use a width that is a multiple of the heads (e.g. {hint}) or other heads")
-            tiles = s.mixer in ("hilo", "window") and s.window > 1
-            if s.mixer == "hilo" and lofi_heads(s.heads, s.alpha, s.window) == 0:
-                tiles = s.window > 1  # Hi-Fi only: windows still partition the map
-            if tiles and not self.pad and (h % s.window or w % s.window):
-                raise ConfigError(f"{where}.window={s.window} cannot tile the stage's {h}x{w} token map and pad is "
-                                  f"false: choose a window dividing {h} and {w}, or set pad: true")
-            if s.mixer == "sra" and s.window > min(h, w):
-                raise ConfigError(f"{where}.window={s.window} (SRA reduction ratio) is larger than the stage's "
-                                  f"{h}x{w} token map: use a ratio <= {min(h, w)}")
+            self._validate_mixer(where, s, h, w)
         return self
 
+    def _validate_mixer(self, where: str, s: Stage, h: int, w: int) -> None:
+        """The checks a stage's mixer row asks for: heads dividing the width, a window that tiles or fits the map."""
+        spec = MIXERS[s.mixer]
+        if not spec.attention:
+            return
+        if s.heads < 1:
+            raise ConfigError(f"{where}.heads={s.heads} must be >= 1")
+        if s.dim % s.heads:
+            lower = s.dim - s.dim % s.heads
+            hint = f"{lower} or {lower + s.heads}" if lower else f"{s.heads}"
+            raise ConfigError(f"{where}.dim={s.dim} is not divisible by {where}.heads={s.heads}: "
+                              f"use a width that is a multiple of the heads (e.g. {hint}) or other heads")
+        if spec.tiles and s.window > 1 and not self.pad and (h % s.window or w % s.window):
+            raise ConfigError(f"{where}.window={s.window} cannot tile the stage's {h}x{w} token map and pad is "
+                              f"false: choose a window dividing {h} and {w}, or set pad: true")
+        if spec.window_within_map and s.window > min(h, w):
+            raise ConfigError(f"{where}.window={s.window} ({s.mixer} {spec.window}) is larger than the stage's "
+                              f"{h}x{w} token map: use a window <= {min(h, w)}")
+
     # ----------------------------------------------------------------------------------------------- canonical
-    def canonical(self) -> "ArchConfig":
+    def canonical(self) -> ArchConfig:
         """The same network with fields it ignores set to fixed values, so equal networks compare equal.
 
+        Which fields a mixer ignores is its registry row's business (:func:`hilonas.mixers.canonical_fields`):
         'none' stages ignore heads/alpha/window (set to 1/0/1); 'msa' ignores alpha and window; 'sra' and 'window'
         ignore alpha; HiLo with window 1 is all Lo-Fi whatever alpha says (alpha set to 1).
         """
         heads, alphas, windows = list(self.num_heads), list(self.alphas), list(self.window_sizes)
         for i, mixer in enumerate(self.mixers):
-            if mixer == "none":
-                heads[i], alphas[i], windows[i] = 1, 0.0, 1
-            elif mixer == "msa":
-                alphas[i], windows[i] = 0.0, 1
-            elif mixer in ("sra", "window"):
-                alphas[i] = 0.0
-            elif mixer == "hilo" and windows[i] == 1:
-                alphas[i] = 1.0
+            heads[i], alphas[i], windows[i] = _mixers.canonical_fields(mixer, heads[i], alphas[i], windows[i])
         return dataclasses.replace(self, num_heads=tuple(heads), alphas=tuple(alphas), window_sizes=tuple(windows))
 
     # ------------------------------------------------------------------------------------------ dict and YAML
@@ -199,7 +194,7 @@ class ArchConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ArchConfig":
+    def from_dict(cls, data: Any) -> ArchConfig:
         """Inverse of :meth:`to_dict`; also accepts ``{'arch': {...}}`` (an exported file). Validates."""
         if isinstance(data, dict) and "arch" in data and "stages" not in data:
             data = data["arch"]
@@ -227,7 +222,8 @@ class ArchConfig:
             merged = {**defaults, **st}
             for name, key in zip(_PER_STAGE, STAGE_FIELDS):
                 value = merged[key]
-                if key in ("depth", "dim", "heads", "window") and (isinstance(value, bool) or not isinstance(value, int)):
+                integral = isinstance(value, int) and not isinstance(value, bool)
+                if key in ("depth", "dim", "heads", "window") and not integral:
                     raise ConfigError(f"stages[{i}].{key}={value!r} must be an integer")
                 if key in ("mlp_ratio", "alpha") and (isinstance(value, bool) or not isinstance(value, (int, float))):
                     raise ConfigError(f"stages[{i}].{key}={value!r} must be a number")
@@ -241,7 +237,7 @@ class ArchConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "<string>") -> "ArchConfig":
+    def from_yaml(cls, text: str, source: str = "<string>") -> ArchConfig:
         import yaml
 
         try:
@@ -257,7 +253,7 @@ class ArchConfig:
             raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchConfig":
+    def load(cls, path: str | Path) -> ArchConfig:
         path = Path(path)
         try:
             text = path.read_text()
@@ -270,11 +266,12 @@ class ArchConfig:
         parts = []
         for s in self.stages():
             p = f"{s.depth}x{s.dim} {s.mixer}"
-            if s.mixer != "none":
+            spec = MIXERS[s.mixer]
+            if spec.attention:
                 p += f" h{s.heads}"
-            if s.mixer == "hilo" and s.window > 1:
+            if spec.uses_alpha(s.window):
                 p += f" a{s.alpha:g}"
-            if s.mixer in ("hilo", "sra", "window"):
+            if spec.attention and spec.window is not None:
                 p += f" w{s.window}"
             if s.mlp_ratio != 4:
                 p += f" r{s.mlp_ratio:g}"
@@ -296,7 +293,7 @@ VARIANTS: dict[str, ArchConfig] = {
 }
 
 
-def resolve_arch(config_or_name: "ArchConfig | str | Path | dict") -> ArchConfig:
+def resolve_arch(config_or_name: ArchConfig | str | Path | dict) -> ArchConfig:
     """An ArchConfig from a config, a variant name (``litv2_s``), a YAML path, or a dict. The one config loader."""
     if isinstance(config_or_name, ArchConfig):
         return config_or_name.validate()

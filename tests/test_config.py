@@ -75,7 +75,7 @@ def test_list_and_tuple_inputs_compare_equal():
     (dict(in_chans=0), ["in_chans=0"]),
     (dict(num_classes=-1), ["num_classes=-1"]),
     (dict(drop_path_rate=1.0), ["drop_path_rate=1.0"]),
-    (dict(mixers=("none", "sra"), window_sizes=(1, 8)), ["stages[1].window=8", "SRA"]),
+    (dict(mixers=("none", "sra"), window_sizes=(1, 8)), ["stages[1].window=8", "sra spatial reduction ratio", "<= 4"]),
 ])
 def test_validate_rejections_name_the_field(change, needles):
     with pytest.raises(ConfigError) as err:

@@ -11,7 +11,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hilonas.config import ArchConfig, Stage, lofi_heads
+from hilonas import mixers
+from hilonas.config import ArchConfig, Stage
 
 KINDS = ("stem", "block", "merge", "head")
 
@@ -21,7 +22,9 @@ class BlockKey:
     """One measurable block. Fields a kind does not use are 0 / '' so equal blocks get equal keys.
 
     stem:  in_chans=in_chans, dim=embed dim, patch=patch size, h/w = image size
-    block: dim, heads, hidden (ConvFFN width), mixer, lofi (HiLo Lo-Fi heads), window, qkv_bias, h/w = token map
+    block: dim, hidden (ConvFFN width), mixer, h/w = token map, and what the mixer's registry row keys
+           (:mod:`hilonas.mixers`): heads and qkv_bias for attention, lofi = the row's ``split`` of alpha (HiLo:
+           Lo-Fi heads), window when the row uses it
     merge: in_chans=input dim, dim=output dim, mixer=merge type, h/w = input token map
     head:  dim, hidden=num_classes, h/w = token map
     """
@@ -50,13 +53,15 @@ class BlockKey:
         if k == "head":
             return f"head:d{self.dim}:n{self.hidden}:{self.h}x{self.w}"
         parts = [f"block:{self.mixer}", f"d{self.dim}", f"f{self.hidden}"]
-        if self.mixer != "none":
+        spec = mixers.MIXERS.get(self.mixer)  # a mixer this hilonas does not know: every field, so ids stay distinct
+        attention = spec is None or spec.attention
+        if attention:
             parts += [f"h{self.heads}"]
-        if self.mixer == "hilo":
+        if attention and (spec is None or spec.split is not None):
             parts += [f"lo{self.lofi}"]
-        if self.mixer in ("hilo", "sra", "window"):
+        if attention and (spec is None or spec.window is not None):
             parts += [f"w{self.window}"]
-        if self.mixer != "none":
+        if attention:
             parts += ["b1" if self.qkv_bias else "b0"]
         return ":".join(parts) + f":{self.h}x{self.w}"
 
@@ -64,7 +69,7 @@ class BlockKey:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BlockKey":
+    def from_dict(cls, data: dict[str, Any]) -> BlockKey:
         return cls(**data)
 
 
@@ -73,16 +78,13 @@ def stem_key(arch: ArchConfig, dim: int) -> BlockKey:
 
 
 def block_key(stage: Stage, hidden: int, h: int, w: int, qkv_bias: bool) -> BlockKey:
-    """Key of one block of a stage on an h x w token map."""
-    if stage.mixer == "none":
-        return BlockKey("block", stage.dim, h, w, hidden=hidden, mixer="none")
-    lofi, window = 0, 0
-    if stage.mixer == "hilo":
-        window = stage.window
-        # Only the head split matters for HiLo's compute: alphas giving the same split are the same block.
-        lofi = lofi_heads(stage.heads, stage.alpha, stage.window)
-    elif stage.mixer in ("sra", "window"):
-        window = stage.window
+    """Key of one block of a stage on an h x w token map: the fields its mixer's registry row says matter."""
+    spec = mixers.get(stage.mixer)
+    if not spec.attention:
+        return BlockKey("block", stage.dim, h, w, hidden=hidden, mixer=stage.mixer)
+    # Only what changes the computation enters the key (HiLo: alphas giving the same head split are one block).
+    lofi = mixers.split_of(stage.mixer, stage.heads, stage.alpha, stage.window)
+    window = stage.window if spec.window is not None else 0
     return BlockKey("block", stage.dim, h, w, heads=stage.heads, hidden=hidden, mixer=stage.mixer, lofi=lofi,
                     window=window, qkv_bias=qkv_bias)
 

@@ -6,7 +6,9 @@
 - ``SRA``: spatial-reduction attention (PVT, Wang et al., ICCV 2021).
 - ``WindowAttention``: Swin's W-MSA without shift (Liu et al., ICCV 2021).
 
-Every mixer has the same surface: ``forward(x, H, W)`` with ``x`` of shape (B, H*W, C) returning (B, H*W, C);
+Every mixer has the same surface: ``from_fields(dim, heads, *, qkv_bias, alpha, window, fused)`` builds it from a
+stage's fields (what ``alpha`` and ``window`` mean is the mixer's row in :mod:`hilonas.mixers`);
+``forward(x, H, W)`` with ``x`` of shape (B, H*W, C) returning (B, H*W, C);
 a switchable ``fused`` attribute (True: ``torch.nn.functional.scaled_dot_product_attention``; False: explicit
 matmul + softmax, the readable path the fused one is checked against); and ``flops(H, W)``, the multiply-accumulates
 of one image in the reference convention (linear layers, convolutions and the two attention products; softmax,
@@ -19,9 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HiLo", "MSA", "SRA", "WindowAttention", "build_mixer", "MIXER_KINDS"]
-
-MIXER_KINDS = ("hilo", "msa", "sra", "window")
+__all__ = ["HiLo", "MSA", "SRA", "WindowAttention", "build_mixer", "MIXER_CLASSES", "MIXER_KINDS"]
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, fused: bool,
@@ -103,6 +103,10 @@ class HiLo(nn.Module):
         if self.h_heads > 0:
             self.h_qkv = nn.Linear(dim, 3 * self.h_dim, bias=qkv_bias)
             self.h_proj = nn.Linear(self.h_dim, self.h_dim)
+
+    @classmethod
+    def from_fields(cls, dim: int, heads: int, *, qkv_bias: bool, alpha: float, window: int, fused: bool) -> HiLo:
+        return cls(dim, heads, qkv_bias=qkv_bias, window_size=window, alpha=alpha, fused=fused)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, h_heads={self.h_heads}, l_heads={self.l_heads}, "
@@ -201,7 +205,8 @@ class HiLo(nn.Module):
         # (not C) through the one partition copy. q, k, v are laid out (B*nW, ws*ws, h, d) and handed to SDPA as
         # head-transposed views; SDPA's output follows q's layout, so merging the heads afterwards is a view.
         qkv = F.linear(xp, self.h_qkv.weight, self.h_qkv.bias)
-        qkv = qkv.view(B, hg, ws, wg, ws, 3, h, d).permute(5, 0, 1, 3, 2, 4, 6, 7).reshape(3, B * hg * wg, ws * ws, h, d)
+        qkv = qkv.view(B, hg, ws, wg, ws, 3, h, d).permute(5, 0, 1, 3, 2, 4, 6, 7)
+        qkv = qkv.reshape(3, B * hg * wg, ws * ws, h, d)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(0))
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, hg, wg, ws, ws, self.h_dim)
@@ -254,6 +259,10 @@ class MSA(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
+    @classmethod
+    def from_fields(cls, dim: int, heads: int, *, qkv_bias: bool, alpha: float, window: int, fused: bool) -> MSA:
+        return cls(dim, heads, qkv_bias=qkv_bias, fused=fused)
+
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         _check_tokens("MSA", x, H, W)
         B, N, C = x.shape
@@ -292,6 +301,10 @@ class SRA(nn.Module):
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = nn.LayerNorm(dim)
 
+    @classmethod
+    def from_fields(cls, dim: int, heads: int, *, qkv_bias: bool, alpha: float, window: int, fused: bool) -> SRA:
+        return cls(dim, heads, qkv_bias=qkv_bias, sr_ratio=window, fused=fused)
+
     def _kv_grid(self, H: int, W: int) -> tuple[int, int]:
         s = self.sr_ratio
         return max(H, s) // s, max(W, s) // s
@@ -304,7 +317,7 @@ class SRA(nn.Module):
         if self.sr_ratio > 1:
             s = self.sr_ratio
             x_ = x.transpose(1, 2).reshape(B, C, H, W)
-            if H < s or W < s:
+            if s > H or s > W:
                 x_ = F.pad(x_, (0, max(s - W, 0), 0, max(s - H, 0)))
             x_ = self.norm(self.sr(x_).flatten(2).transpose(1, 2))
         else:
@@ -363,6 +376,11 @@ class WindowAttention(nn.Module):
             nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
             self.register_buffer("relative_position_index", _relative_position_index(M, M, M), persistent=True)
 
+    @classmethod
+    def from_fields(cls, dim: int, heads: int, *, qkv_bias: bool, alpha: float, window: int,
+                    fused: bool) -> WindowAttention:
+        return cls(dim, heads, qkv_bias=qkv_bias, window_size=window, fused=fused)
+
     def _window(self, H: int, W: int) -> tuple[int, int]:
         return min(self.window_size, H), min(self.window_size, W)
 
@@ -401,30 +419,25 @@ class WindowAttention(nn.Module):
         return Np * C * 3 * C + Np * T * C * 2 + Np * C * C
 
 
+# The layer class of every mixer of the registry (hilonas.mixers) that attends; 'none' has no class (ConvFFN only).
+MIXER_CLASSES: dict[str, type[nn.Module]] = {"hilo": HiLo, "msa": MSA, "sra": SRA, "window": WindowAttention}
+MIXER_KINDS = tuple(MIXER_CLASSES)  # kept for callers of the old name; the class map is the source
+
+
 def build_mixer(kind: str, dim: int, num_heads: int, *, qkv_bias: bool = True, alpha: float = 0.9,
-                window_size: int = 2, sr_ratio: int | None = None, rel_pos_bias: bool = False,
-                fused: bool = True) -> nn.Module:
-    """Build a token mixer by name.
+                window_size: int = 2, fused: bool = True) -> nn.Module:
+    """Build a token mixer by name through its class's ``from_fields``.
 
     Args:
-        kind: one of ``MIXER_KINDS``: 'hilo', 'msa', 'sra', 'window'.
+        kind: a key of ``MIXER_CLASSES`` ('hilo', 'msa', 'sra', 'window', and any registered later).
         dim, num_heads: channels and heads.
         qkv_bias: bias on the q/k/v projections.
-        alpha: HiLo's Lo-Fi head share (HiLo only).
-        window_size: the search space's single size knob: HiLo's window, SRA's reduction ratio (unless sr_ratio is
-            given) and WindowAttention's window; ignored by MSA.
-        sr_ratio: SRA's reduction ratio; defaults to window_size.
-        rel_pos_bias: WindowAttention's relative position bias.
+        alpha: the stage's alpha (HiLo's Lo-Fi head share; ignored by mixers without one).
+        window_size: the stage's window: HiLo's window, SRA's reduction ratio, WindowAttention's window; ignored
+            by MSA.
         fused: start on the SDPA path.
     """
-    if kind == "hilo":
-        return HiLo(dim, num_heads, qkv_bias=qkv_bias, window_size=window_size, alpha=alpha, fused=fused)
-    if kind == "msa":
-        return MSA(dim, num_heads, qkv_bias=qkv_bias, fused=fused)
-    if kind == "sra":
-        return SRA(dim, num_heads, qkv_bias=qkv_bias, sr_ratio=window_size if sr_ratio is None else sr_ratio,
-                   fused=fused)
-    if kind == "window":
-        return WindowAttention(dim, num_heads, qkv_bias=qkv_bias, window_size=window_size,
-                               rel_pos_bias=rel_pos_bias, fused=fused)
-    raise ValueError(f"unknown mixer kind {kind!r}; expected one of {', '.join(MIXER_KINDS)}")
+    cls = MIXER_CLASSES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown mixer kind {kind!r}; expected one of {', '.join(MIXER_CLASSES)}")
+    return cls.from_fields(dim, num_heads, qkv_bias=qkv_bias, alpha=alpha, window=window_size, fused=fused)

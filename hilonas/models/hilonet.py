@@ -15,6 +15,8 @@ from torch import nn
 
 from hilonas.config import ArchConfig, Stage
 from hilonas.layers import ConvFFN, Merge, PatchEmbed, build_mixer
+from hilonas.mixers import MIXERS
+
 
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample with probability ``p`` while training.
@@ -59,7 +61,7 @@ class ConvFFNBlock(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with a token mixer (HiLo, MSA, SRA or local window) and a ConvFFN."""
+    """Pre-norm transformer block with a token mixer (any attending mixer of the registry) and a ConvFFN."""
 
     def __init__(self, dim: int, heads: int, hidden: int, mixer: str, alpha: float, window: int, qkv_bias: bool,
                  drop_path: float = 0.0, fused: bool = True) -> None:
@@ -80,7 +82,7 @@ class Block(nn.Module):
 
 def make_block(stage: Stage, hidden: int, qkv_bias: bool, drop_path: float = 0.0, fused: bool = True) -> nn.Module:
     """One block of a stage: the single place that maps a stage's fields to a module."""
-    if stage.mixer == "none":
+    if not MIXERS[stage.mixer].attention:
         return ConvFFNBlock(stage.dim, hidden, drop_path)
     return Block(stage.dim, stage.heads, hidden, stage.mixer, stage.alpha, stage.window, qkv_bias, drop_path, fused)
 
@@ -132,7 +134,7 @@ class HiLoNet(nn.Module):
     def _mixers(self) -> list[nn.Module]:
         return [blk.attn for layer in self.layers for blk in layer.blocks if isinstance(blk, Block)]
 
-    def set_fused(self, fused: bool) -> "HiLoNet":
+    def set_fused(self, fused: bool) -> HiLoNet:
         """Switch every attention layer between the fused (SDPA) and the explicit path."""
         for m in self._mixers():
             m.fused = fused

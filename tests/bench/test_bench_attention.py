@@ -27,7 +27,8 @@ def test_tiny_bench_structure():
 
 def test_paper_model_sizes_without_timing_cost():
     r = run_attention_bench(batch=1, tokens=14, dim=768, heads=12, repeats=1, warmup=0, threads=1)
-    assert {k: round(v, 2) for k, v in r["params_m"].items()} == {"hilo": 2.20, "msa": 2.36, "sra": 4.72, "window": 2.36}
+    assert {k: round(v, 2) for k, v in r["params_m"].items()} == {"hilo": 2.20, "msa": 2.36, "sra": 4.72,
+                                                                   "window": 2.36}
     assert round(r["flops_m"]["hilo"], 2) == 298.30
     assert round(r["flops_m"]["msa"], 2) == 521.43
     assert round(r["flops_m"]["window"], 2) == 477.17

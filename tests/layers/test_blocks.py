@@ -22,7 +22,8 @@ def test_convffn_matches_reference_and_names():
     h = xd @ m.fc1.weight.double().T + m.fc1.bias.double()
     grid = F.pad(h.reshape(B, H, W, 64), (0, 0, 1, 1, 1, 1))
     k = m.dwconv.dwconv.weight.double()[:, 0]  # 64, 3, 3
-    conv = sum(grid[:, i:i + H, j:j + W] * k[:, i, j] for i in range(3) for j in range(3)) + m.dwconv.dwconv.bias.double()
+    taps = sum(grid[:, i:i + H, j:j + W] * k[:, i, j] for i in range(3) for j in range(3))
+    conv = taps + m.dwconv.dwconv.bias.double()
     act = 0.5 * conv * (1 + torch.erf(conv / 2 ** 0.5))
     expected = act.reshape(B, H * W, 64) @ m.fc2.weight.double().T + m.fc2.bias.double()
     with torch.no_grad():
@@ -47,7 +48,7 @@ def test_patch_embed_shapes_and_padding(size, grid):
     assert set(m.state_dict()) == {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
     img = torch.randn(2, 3, *size)
     x, H, W = m(img)
-    assert (H, W) == grid and x.shape == (2, H * W, 24)
+    assert grid == (H, W) and x.shape == (2, H * W, 24)
     assert m.flops(*size) == grid[0] * grid[1] * 16 * 3 * 24
     # padding is right/bottom zeros: the top-left patch only sees real pixels
     if size[0] % 4 or size[1] % 4:
@@ -62,7 +63,7 @@ def test_merge_shapes(kind, hw, out_hw):
     m = Merge(16, 32, kind=kind)
     x = torch.randn(2, hw[0] * hw[1], 16)
     y, H2, W2 = m(x, *hw)
-    assert (H2, W2) == out_hw and y.shape == (2, H2 * W2, 32)
+    assert out_hw == (H2, W2) and y.shape == (2, H2 * W2, 32)
     y.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
     base = out_hw[0] * out_hw[1] * 4 * 16 * 32
