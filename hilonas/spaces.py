@@ -16,10 +16,11 @@ so every sample is a valid architecture (checked when the space is loaded). Samp
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hilonas.config import GLOBAL_FIELDS, MIXERS, STAGE_FIELDS, ArchConfig
 from hilonas.errors import ConfigError
@@ -36,6 +37,35 @@ def packaged_spaces() -> dict[str, Any]:
     return {p.name[: -len(".yaml")]: p for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
+def _stage_choices(i: int, st: Any) -> dict[str, tuple]:
+    """The choices of stage ``i`` as written in a space file, checked field by field (defaults filled in)."""
+    if not isinstance(st, dict):
+        raise ConfigError(f"stages[{i}] must be a mapping of field -> choices")
+    extra = sorted(set(st) - set(STAGE_FIELDS))
+    if extra:
+        raise ConfigError(f"stages[{i}].{extra[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
+    for key in ("depth", "dim"):
+        if key not in st:
+            raise ConfigError(f"stages[{i}].{key} is missing: every stage needs depth and dim choices")
+    choices = {}
+    for key in STAGE_FIELDS:
+        value = st.get(key, _STAGE_DEFAULTS.get(key))
+        values = tuple(value) if isinstance(value, list) else (value,)
+        if not values:
+            raise ConfigError(f"stages[{i}].{key} has no choices: give at least one value")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"stages[{i}].{key}={list(values)} repeats a choice: list each value once")
+        for v in values:
+            if key in _INT_FIELDS and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"stages[{i}].{key} choice {v!r} must be an integer")
+            if key in _NUM_FIELDS and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"stages[{i}].{key} choice {v!r} must be a number")
+            if key == "mixer" and v not in MIXERS:
+                raise ConfigError(f"stages[{i}].mixer choice {v!r} is unknown: use {', '.join(MIXERS)}")
+        choices[key] = tuple(float(v) for v in values) if key in _NUM_FIELDS else values
+    return choices
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Per-stage choices plus fixed global fields. Load with :meth:`load`."""
@@ -49,7 +79,7 @@ class SearchSpace:
 
     # -------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, name_or_path: str | Path) -> "SearchSpace":
+    def load(cls, name_or_path: str | Path) -> SearchSpace:
         """Load a space by packaged name (``litv2_tiny``) or by path; raise ConfigError naming the problem."""
         text = str(name_or_path)
         path = Path(text)
@@ -69,7 +99,7 @@ class SearchSpace:
         return cls.from_yaml(raw, source)
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "<string>") -> "SearchSpace":
+    def from_yaml(cls, text: str, source: str = "<string>") -> SearchSpace:
         import yaml
 
         try:
@@ -85,7 +115,7 @@ class SearchSpace:
             raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<dict>") -> "SearchSpace":
+    def from_dict(cls, data: Any, source: str = "<dict>") -> SearchSpace:
         if not isinstance(data, dict):
             raise ConfigError("a space must be a mapping with 'stages' (and optional name, description, fixed)")
         unknown = sorted(set(data) - set(_TOP_KEYS))
@@ -100,35 +130,7 @@ class SearchSpace:
         raw_stages = data.get("stages")
         if not isinstance(raw_stages, list) or not raw_stages:
             raise ConfigError("stages: missing or empty: give a list with one mapping of choices per stage")
-        stages = []
-        for i, st in enumerate(raw_stages):
-            if not isinstance(st, dict):
-                raise ConfigError(f"stages[{i}] must be a mapping of field -> choices")
-            extra = sorted(set(st) - set(STAGE_FIELDS))
-            if extra:
-                raise ConfigError(f"stages[{i}].{extra[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
-            for key in ("depth", "dim"):
-                if key not in st:
-                    raise ConfigError(f"stages[{i}].{key} is missing: every stage needs depth and dim choices")
-            choices = {}
-            for key in STAGE_FIELDS:
-                value = st.get(key, _STAGE_DEFAULTS.get(key))
-                values = tuple(value) if isinstance(value, list) else (value,)
-                if not values:
-                    raise ConfigError(f"stages[{i}].{key} has no choices: give at least one value")
-                if len(set(values)) != len(values):
-                    raise ConfigError(f"stages[{i}].{key}={list(values)} repeats a choice: list each value once")
-                for v in values:
-                    if key in _INT_FIELDS and (isinstance(v, bool) or not isinstance(v, int)):
-                        raise ConfigError(f"stages[{i}].{key} choice {v!r} must be an integer")
-                    if key in _NUM_FIELDS and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                        raise ConfigError(f"stages[{i}].{key} choice {v!r} must be a number")
-                    if key == "mixer" and v not in MIXERS:
-                        raise ConfigError(f"stages[{i}].mixer choice {v!r} is unknown: use {', '.join(MIXERS)}")
-                if key in _NUM_FIELDS:
-                    values = tuple(float(v) for v in values)
-                choices[key] = values
-            stages.append(choices)
+        stages = [_stage_choices(i, st) for i, st in enumerate(raw_stages)]
         name = str(data.get("name") or Path(source).stem)
         space = cls(name=name, description=str(data.get("description", "")), fixed=dict(fixed),
                      stages=tuple(stages), source=source)
@@ -213,6 +215,25 @@ class SearchSpace:
                 seen.add(arch)
                 out.append(arch)
         return out
+
+    def sample_distinct(self, n: int, seed: int | str, exclude: set[ArchConfig] | None = None) -> list[ArchConfig]:
+        """Exactly ``n`` distinct architectures drawn uniformly with ``seed``, none in ``exclude`` (see
+        :meth:`random_archs`); HilonasError when the space has fewer to give."""
+        from hilonas.errors import HilonasError
+
+        out = self.random_archs(n, seed, exclude)
+        if len(out) < n:
+            raise HilonasError(f"space {self.name} has fewer than {n} distinct architectures to sample "
+                               f"(found {len(out)}): ask for fewer")
+        return out
+
+    def at_resolution(self, resolution: int) -> SearchSpace:
+        """This space with ``img_size = resolution`` (re-validated), or ``self`` when it already is at it."""
+        if self.fixed.get("img_size", 224) == resolution:
+            return self
+        data = {"name": self.name, "description": self.description, "fixed": {**self.fixed, "img_size": resolution},
+                "stages": [{k: list(v) for k, v in st.items()} for st in self.stages]}
+        return SearchSpace.from_dict(data, source=f"{self.source or self.name} at {resolution} px")
 
     def iter_archs(self) -> Iterator[ArchConfig]:
         """Every distinct architecture of the space (canonical), in a fixed order. Can be very many."""

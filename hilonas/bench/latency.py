@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hilonas.latency.table import DEFAULT_TABLES_DIR
+from hilonas.errors import HilonasError
+from hilonas.io import DEFAULT_TABLES_DIR
 
 __all__ = ["run_latency_bench", "format_latency_bench"]
 
@@ -22,26 +23,56 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
     ``measure`` of them whole; returns figures in microseconds and seconds plus the ratio.
 
     Raises:
-        HilonasError: the space is unknown, or the table for this machine does not exist or lacks blocks.
+        HilonasError: ``archs`` or ``measure`` < 1, the space is unknown, or the table for this machine does not
+            exist or lacks blocks.
     """
-    from hilonas.latency.build import sample_archs, space_at
+    if archs < 1 or measure < 1:
+        raise HilonasError(f"--archs={archs} and --measure={measure} must be >= 1")
     from hilonas.latency.fingerprint import current_fingerprint
     from hilonas.latency.measure import figure_ms, measure_archs
     from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
     from hilonas.latency.table import LatencyTable
-    from hilonas.latency.timing import median_of
     from hilonas.spaces import SearchSpace
 
     sp = SearchSpace.load(space)
     fp = current_fingerprint(target, threads=threads, batch=batch,
                              resolution=resolution or int(sp.fixed.get("img_size", 224)))
-    sp = space_at(sp, fp.resolution)
+    sp = sp.at_resolution(fp.resolution)
     table = LatencyTable.open(fp, tables_dir, force=force)
-    sample = sample_archs(sp, min(archs, sp.size()), seed)
+    sample = sp.sample_distinct(min(archs, sp.size()), seed)
     predictor = LatencyPredictor(table)
     missing = next((m for a in sample for m in predictor.missing(a)), None)
     if missing is not None:
         raise MissingBlockError(missing, table)
+
+    cold, warm, setup_s = _time_predictions(table, sample, rounds)
+    predictor = LatencyPredictor(table)
+    measured = sample[:measure]
+    t0 = time.perf_counter()
+    timings = measure_archs(measured, fp, **{k: table.settings[k] for k in ("warmup", "repeats", "max_spread",
+                                                                            "max_attempts", "rounds", "chain")
+                                             if k in table.settings})
+    measure_s = (time.perf_counter() - t0) / max(len(measured), 1)
+    statistic = table.statistic
+    rows = [{"arch": a.describe(), "predicted_ms": round(predictor.predict(a), 4),
+             "measured_ms": round(figure_ms(t, statistic), 4)} for a, t in zip(measured, timings)]
+    predict_us = cold * 1e6
+    return {
+        "space": sp.name, "table": str(table.path), "fingerprint": fp.id, "archs": len(sample), "rounds": rounds,
+        "predict_us": round(predict_us, 3),
+        "predict_cached_us": round(warm * 1e6, 3),
+        "predictor_setup_ms": round(setup_s * 1e3, 3),
+        "measure_s_per_network": round(measure_s, 3),
+        "measure_over_predict": round(measure_s / (predict_us * 1e-6), 1),
+        "measured": rows,
+    }
+
+
+def _time_predictions(table: Any, sample: list, rounds: int) -> tuple[float, float, float]:
+    """Seconds per prediction, median of ``rounds`` passes over ``sample``: first time (a new predictor, empty cache)
+    and cached (the same architectures again); and the seconds a predictor takes to set up."""
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.timing import median_of
 
     cold, warm = [], []
     for _ in range(rounds):
@@ -56,27 +87,7 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
         warm.append((time.perf_counter() - t0) / len(sample))
     setup_t0 = time.perf_counter()
     LatencyPredictor(table)
-    setup_s = time.perf_counter() - setup_t0
-
-    measured = sample[:measure]
-    t0 = time.perf_counter()
-    timings = measure_archs(measured, fp, **{k: table.settings[k] for k in ("warmup", "repeats", "max_spread",
-                                                                            "max_attempts", "rounds", "chain")
-                                             if k in table.settings})
-    measure_s = (time.perf_counter() - t0) / max(len(measured), 1)
-    statistic = table.statistic
-    rows = [{"arch": a.describe(), "predicted_ms": round(predictor.predict(a), 4),
-             "measured_ms": round(figure_ms(t, statistic), 4)} for a, t in zip(measured, timings)]
-    predict_us = median_of(cold) * 1e6
-    return {
-        "space": sp.name, "table": str(table.path), "fingerprint": fp.id, "archs": len(sample), "rounds": rounds,
-        "predict_us": round(predict_us, 3),
-        "predict_cached_us": round(median_of(warm) * 1e6, 3),
-        "predictor_setup_ms": round(setup_s * 1e3, 3),
-        "measure_s_per_network": round(measure_s, 3),
-        "measure_over_predict": round(measure_s / (predict_us * 1e-6), 1),
-        "measured": rows,
-    }
+    return median_of(cold), median_of(warm), time.perf_counter() - setup_t0
 
 
 def format_latency_bench(result: dict[str, Any]) -> str:

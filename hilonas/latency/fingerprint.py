@@ -67,7 +67,7 @@ class Fingerprint:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Fingerprint":
+    def from_dict(cls, data: Any) -> Fingerprint:
         """Inverse of :meth:`to_dict`; a missing or mistyped field raises :class:`HilonasError` naming it."""
         if not isinstance(data, dict):
             raise HilonasError(f"fingerprint must be a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}")
@@ -82,11 +82,11 @@ class Fingerprint:
             values[f.name] = value
         return cls(**values)
 
-    def diff(self, other: "Fingerprint") -> list[str]:
+    def diff(self, other: Fingerprint) -> list[str]:
         """Names of the fields whose values differ, in field order."""
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
-    def describe_diff(self, other: "Fingerprint") -> str:
+    def describe_diff(self, other: Fingerprint) -> str:
         """``'threads: 1 != 2, batch: 1 != 8'`` (self's value first)."""
         return ", ".join(f"{n}: {getattr(self, n)!r} != {getattr(other, n)!r}" for n in self.diff(other))
 

@@ -23,7 +23,8 @@ settings (device, threads, batch, image size) with one protocol, so table entrie
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,10 +33,10 @@ from hilonas.config import ArchConfig, Stage
 from hilonas.errors import HilonasError
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.keys import BlockKey
-from hilonas.latency.timing import Timing, time_rounds
+from hilonas.latency.timing import Rebuilt, Timing, round_robin, time_rounds
 
 __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
-           "measure_arch", "measure_archs", "NetworkPasses", "figure_ms", "timing_settings", "steady_allocator",
+           "measure_arch", "measure_archs", "network_passes", "figure_ms", "timing_settings", "steady_allocator",
            "MEASURE_DEFAULTS", "STATISTICS"]
 
 MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 20,
@@ -93,17 +94,13 @@ def figure_ms(timing: Timing, statistic: str = "min") -> float:
 
 
 # ------------------------------------------------------------------------------------------------------- modules
-def _alpha_for(key: BlockKey) -> float:
-    """An alpha for which ``int(heads * alpha) == key.lofi`` (the midpoint, so float rounding cannot move it)."""
-    if key.mixer != "hilo":
-        return 0.0
-    if key.window == 1 or key.lofi >= key.heads:
-        return 1.0
-    return (key.lofi + 0.5) / key.heads
-
-
 def _stage_of(key: BlockKey) -> Stage:
-    return Stage(1, key.dim, max(key.heads, 1), key.hidden / key.dim, key.mixer, _alpha_for(key), max(key.window, 1))
+    """A one-block stage that builds the block of ``key``; its mixer's registry row turns the key's split back into
+    an alpha."""
+    from hilonas import mixers
+
+    alpha = mixers.alpha_for_split(key.mixer, key.heads, key.lofi, key.window) if key.heads else 0.0
+    return Stage(1, key.dim, max(key.heads, 1), key.hidden / key.dim, key.mixer, alpha, max(key.window, 1))
 
 
 def _make_one(key: BlockKey, fused: bool) -> nn.Module:
@@ -216,10 +213,11 @@ def steady_allocator() -> str:
     return _ALLOCATOR
 
 
-def _time(fns: Sequence[Callable[[], Any]], fp: Fingerprint, s: dict[str, Any]) -> list[Timing]:
+def _harness(fp: Fingerprint, s: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of the timing harness for ``fp``'s target and the settings ``s``."""
     dev = device_of(fp)
-    return time_rounds(fns, rounds=s["rounds"], threads=fp.threads if dev == "cpu" else None, device=dev,
-                       **{k: s[k] for k in _HARNESS_KEYS})
+    return {"rounds": s["rounds"], "threads": fp.threads if dev == "cpu" else None, "device": dev,
+            **{k: s[k] for k in _HARNESS_KEYS}}
 
 
 def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = True, **settings: Any) -> list[Timing]:
@@ -237,7 +235,7 @@ def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = T
         module, inputs = block_module(key, batch=fp.batch, fused=fused, chain=n, device=dev)
         fns.append(lambda m=module, i=inputs: m(*i))
         chains.append(n)
-    timings = _time(fns, fp, s)
+    timings = time_rounds(fns, **_harness(fp, s))
     for t, n in zip(timings, chains):
         if n > 1:
             t.median_ms /= n
@@ -250,69 +248,50 @@ def measure_block(key: BlockKey, fp: Fingerprint, *, fused: bool = True, **setti
     return measure_blocks([key], fp, fused=fused, **settings)[0]
 
 
-class NetworkPasses:
-    """Whole networks measured pass by pass: each :meth:`run_pass` times every network once with the timing
-    harness; :meth:`timings` pools each network's passes. Lets a caller interleave network passes with other work
-    (the table build puts the calibration networks' passes between the blocks' passes).
+def _network_callables(archs: Sequence[ArchConfig], fp: Fingerprint, fused: bool,
+                       cache_bytes: int) -> list[Rebuilt]:
+    """One :class:`Rebuilt` per network: built when a pass reaches it, kept for the later passes while the kept
+    networks' parameters fit ``cache_bytes``, rebuilt (same seed) in every pass otherwise."""
+    kept_bytes = 0
 
-    Networks are kept between passes while their parameters fit ``cache_bytes``, rebuilt (same seed) otherwise.
+    def build(arch: ArchConfig) -> tuple[Callable[[], Any], bool]:
+        nonlocal kept_bytes
+        model, x = build_arch_model(arch, fp, fused)
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        keep = kept_bytes + size <= cache_bytes
+        if keep:
+            kept_bytes += size
+        return (lambda: model(x)), keep
+
+    return [Rebuilt(lambda a=arch: build(a)) for arch in archs]
+
+
+def network_passes(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True, cache_bytes: int = 2 << 30,
+                   **settings: Any) -> Iterator[list[Timing]]:
+    """Whole networks measured pass by pass with the timing harness (:func:`~hilonas.latency.timing.round_robin`):
+    yields, after each of the ``rounds`` passes, one Timing per network of that pass (pool them with
+    :func:`~hilonas.latency.timing.pool_timings`). Lets a caller put other work between the passes (the table build
+    measures the blocks' passes between the calibration networks' passes).
+
+    Networks are kept between passes while their parameters fit ``cache_bytes``, rebuilt (same seed, full warm-up)
+    otherwise.
     """
-
-    def __init__(self, archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,
-                 cache_bytes: int = 2 << 30, **settings: Any) -> None:
-        self.archs = list(archs)
-        self.fp = fp
-        self.fused = fused
-        self.settings = timing_settings(**settings)
-        self.cache_bytes = cache_bytes
-        self.passes: list[list[Timing]] = [[] for _ in self.archs]
-        self._cache: dict[int, tuple[nn.Module, torch.Tensor]] = {}
-        self._cached_bytes = 0
-
-    def _model(self, i: int) -> tuple[nn.Module, torch.Tensor]:
-        model_x = self._cache.get(i)
-        if model_x is None:
-            model_x = build_arch_model(self.archs[i], self.fp, self.fused)
-            size = sum(p.numel() * p.element_size() for p in model_x[0].parameters())
-            if self._cached_bytes + size <= self.cache_bytes:
-                self._cache[i] = model_x
-                self._cached_bytes += size
-        return model_x
-
-    def run_pass(self, on_each: Callable[[ArchConfig], None] | None = None) -> None:
-        from hilonas.latency.timing import time_callable
-
-        s = self.settings
-        dev = device_of(self.fp)
-        steady_allocator()
-        for i, arch in enumerate(self.archs):
-            warm = s["warmup"] if not self.passes[i] or i not in self._cache else min(1, s["warmup"])
-            model, x = self._model(i)
-            self.passes[i].append(time_callable(lambda: model(x), threads=self.fp.threads if dev == "cpu" else None,
-                                                device=dev, warmup=warm,
-                                                **{k: s[k] for k in _HARNESS_KEYS if k != "warmup"}))
-            del model, x
-            if on_each is not None:
-                on_each(arch)
-
-    def timings(self) -> list[Timing]:
-        from hilonas.latency.timing import pool_timings
-
-        return [pool_timings(ts) for ts in self.passes]
+    s = timing_settings(**settings)
+    steady_allocator()
+    return round_robin(_network_callables(archs, fp, fused, cache_bytes), **_harness(fp, s))
 
 
 def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,
-                  on_done: Callable[[ArchConfig], None] | None = None, cache_bytes: int = 2 << 30,
+                  on_pass: Callable[[int], None] | None = None, cache_bytes: int = 2 << 30,
                   **settings: Any) -> list[Timing]:
     """Whole-network Timings of ``archs`` on ``fp``'s target, batch, threads and resolution, with the blocks'
-    protocol: ``rounds`` passes, each pass timing every network once (:func:`time_callable`) before the next pass
+    protocol: ``rounds`` passes, each pass timing every network once (``time_callable``) before the next pass
     starts, so a network's passes lie minutes apart and a slow spell of the machine cannot cover all of them.
-    ``on_done(arch)`` is called after each network's last pass.
+    ``on_pass(r)`` is called after pass ``r``. See :func:`network_passes` for ``cache_bytes``.
     """
-    bench = NetworkPasses(archs, fp, fused=fused, cache_bytes=cache_bytes, **settings)
-    for r in range(bench.settings["rounds"]):
-        bench.run_pass(on_done if r == bench.settings["rounds"] - 1 else None)
-    return bench.timings()
+    s = timing_settings(**settings)
+    steady_allocator()
+    return time_rounds(_network_callables(archs, fp, fused, cache_bytes), on_pass=on_pass, **_harness(fp, s))
 
 
 def measure_arch(arch: ArchConfig, fp: Fingerprint, *, fused: bool = True, **settings: Any) -> Timing:

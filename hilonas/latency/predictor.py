@@ -1,12 +1,9 @@
 """Predict a network's latency from a LatencyTable: the sum of its blocks, corrected by the table's calibration.
 
-``predict_raw(arch)`` is the plain sum over the blocks the network runs (each block's median times how often it
-runs). ``predict(arch)`` applies the calibration fitted on whole networks measured on the same target::
-
-    predicted_ms = intercept_ms + scale * sum_g(group_scale[g] * raw_g)
-
-where ``raw_g`` is the plain sum over the blocks of group ``g`` (:func:`block_group`: 'stem', 'merge', 'head',
-'block:<mixer>'); a group missing from ``group_scale`` has scale 1. A table without calibration predicts the raw sum.
+``predict_raw(arch)`` is the plain sum over the blocks the network runs (each block's stored figure times how often
+it runs). ``predict(arch)`` applies the table's :class:`~hilonas.latency.calibration.Calibration` (the formula lives
+there): ``intercept_ms + scale * sum_g(group_scale[g] * raw_g)`` over the block groups of :func:`block_group`. A table
+without calibration predicts the raw sum.
 
 Lookups are precomputed per :class:`BlockKey` and the block lists cached per ArchConfig, so a prediction costs
 microseconds and imports no torch. A block missing from the table raises :class:`MissingBlockError` naming it
@@ -16,14 +13,16 @@ this machine, adds it to the table and saves it.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
+from hilonas.latency.calibration import Calibration, block_group
 from hilonas.latency.keys import BlockKey, arch_blocks
 from hilonas.latency.table import LatencyTable
 
-__all__ = ["LatencyPredictor", "MissingBlockError", "block_group", "apply_calibration"]
+__all__ = ["LatencyPredictor", "MissingBlockError", "block_group"]
+
+_IDENTITY = Calibration("none")  # scale 1, intercept 0: the plain sum
 
 _CACHE_LIMIT = 100_000
 
@@ -38,25 +37,12 @@ class MissingBlockError(HilonasError):
                          "space and target, or predict with measure_missing=True")
 
 
-def block_group(key: BlockKey) -> str:
-    """The calibration group of a block: 'stem', 'merge', 'head' or 'block:<mixer>'."""
-    return f"block:{key.mixer}" if key.kind == "block" else key.kind
-
-
-def apply_calibration(calibration: dict[str, Any] | None, raw_by_group: dict[str, float]) -> float:
-    """``intercept_ms + scale * sum_g(group_scale[g] * raw_g)``; the plain sum when ``calibration`` is None."""
-    if not calibration:
-        return float(sum(raw_by_group.values()))
-    gs = calibration.get("group_scale") or {}
-    total = sum(gs.get(g, 1.0) * v for g, v in raw_by_group.items())
-    return float(calibration.get("intercept_ms", 0.0) + calibration.get("scale", 1.0) * total)
-
-
 class LatencyPredictor:
     """Latency of an ArchConfig (ms) from a :class:`LatencyTable`.
 
     Args:
-        table: the table (its calibration is read once, here; make a new predictor after re-calibrating).
+        table: the table (its calibration is read once, here, into :attr:`calibration`; make a new predictor after
+            re-calibrating).
         measure_missing: measure a missing block on this machine (with the table's settings), add it to the table and
             save, instead of raising :class:`MissingBlockError`. Needs torch and the table's hardware.
     """
@@ -64,11 +50,8 @@ class LatencyPredictor:
     def __init__(self, table: LatencyTable, *, measure_missing: bool = False) -> None:
         self.table = table
         self.measure_missing = measure_missing
-        self.calibration = table.calibration
-        cal = self.calibration or {}
-        self._scale = float(cal.get("scale", 1.0)) if cal else 1.0
-        self._intercept = float(cal.get("intercept_ms", 0.0)) if cal else 0.0
-        self._group_scale = dict(cal.get("group_scale") or {}) if cal else {}
+        self.calibration: Calibration | None = Calibration.from_dict(table.calibration) if table.calibration else None
+        self._cal = self.calibration or _IDENTITY
         self._raw: dict[BlockKey, float] = {}  # per key: stored median (ms)
         self._weighted: dict[BlockKey, float] = {}  # per key: median * group scale
         for kid in table.entries:
@@ -78,7 +61,7 @@ class LatencyPredictor:
     def _remember(self, key: BlockKey) -> None:
         ms = self.table.latency_ms(key)
         self._raw[key] = ms
-        self._weighted[key] = ms * self._group_scale.get(block_group(key), 1.0)
+        self._weighted[key] = ms * self._cal.factor(block_group(key))
 
     def _blocks(self, arch: ArchConfig) -> Counter[BlockKey]:
         return arch_blocks(arch)
@@ -121,7 +104,7 @@ class LatencyPredictor:
 
     def predict(self, arch: ArchConfig) -> float:
         """Calibrated latency (ms) of ``arch`` on the table's hardware."""
-        return self._intercept + self._scale * self._sums(arch)[1]
+        return self._cal.finish(self._sums(arch)[1])
 
     def breakdown(self, arch: ArchConfig) -> dict[str, float]:
         """Raw milliseconds by calibration group (stem, block:<mixer>, merge, head)."""

@@ -26,21 +26,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from hilonas.errors import HilonasError
+from hilonas.io import DEFAULT_TABLES_DIR, atomic_write
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.keys import BlockKey
+
+if TYPE_CHECKING:
+    from hilonas.latency.calibration import Calibration
 
 __all__ = ["LatencyTable", "SCHEMA", "SCHEMA_VERSION", "DEFAULT_TABLES_DIR", "table_path", "list_tables"]
 
 SCHEMA = "hilonas.latency_table"
 SCHEMA_VERSION = 1
-DEFAULT_TABLES_DIR = "latency_tables"
 _ENTRY_FIELDS = ("key", "median_ms", "spread", "runs", "noisy", "measured_at")
 _LOCK_TIMEOUT_S = 120.0
 
@@ -80,7 +82,7 @@ class LatencyTable:
 
     # ------------------------------------------------------------------------------------------------- opening
     @classmethod
-    def open(cls, fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR, force: bool = False) -> "LatencyTable":
+    def open(cls, fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR, force: bool = False) -> LatencyTable:
         """The table for ``fp`` under ``tables_dir``: loaded when its file exists, else a new empty one (not yet
         written)."""
         path = table_path(fp, tables_dir)
@@ -89,7 +91,7 @@ class LatencyTable:
         return cls(path, fp)
 
     @classmethod
-    def load(cls, path: str | Path, expect: Fingerprint | None = None, force: bool = False) -> "LatencyTable":
+    def load(cls, path: str | Path, expect: Fingerprint | None = None, force: bool = False) -> LatencyTable:
         """Read a table file.
 
         Raises:
@@ -99,26 +101,56 @@ class LatencyTable:
         path = Path(path)
         table = cls(path, *cls._parse(path))
         if expect is not None and not force:
-            differ = table.fingerprint.diff(expect)
-            if differ:
-                raise HilonasError(
-                    f"latency table {path} was measured on other hardware or settings "
-                    f"({table.fingerprint.describe_diff(expect)}; table value first): build a table for this target "
-                    "with `hilonas latency build`, or pass --force to use it anyway")
+            table._check_fingerprint(expect)
         return table
 
-    @staticmethod
-    def _parse(path: Path) -> tuple[Fingerprint, dict, dict | None, dict]:
-        def corrupt(why: str) -> HilonasError:
-            return HilonasError(f"latency table {path} is corrupt ({why}): repair or delete the file; "
-                                "hilonas never rebuilds over it")
+    @classmethod
+    def from_json(cls, text: str, path: str | Path, *, expect: Fingerprint | None = None,
+                  force: bool = False) -> LatencyTable:
+        """A table parsed from ``text`` (the content of a table file, e.g. one built on another node) that will
+        live at ``path``, with the same checks as :meth:`load`.
 
+        Every entry it holds, its settings and its calibration count as changed: :meth:`save` merges them into the
+        file at ``path`` under the lock (its entries win over the file's, the file's other entries are kept), so a
+        process hands a table to another without writing the file itself. A calibration of None (or empty settings)
+        is no news and leaves the file's own.
+
+        Raises:
+            HilonasError: ``text`` is not a valid table (the message names ``path``), or its fingerprint differs
+                from ``expect`` (unless ``force``).
+        """
+        path = Path(path)
+        table = cls(path, *cls._parse_text(text, path))
+        if expect is not None and not force:
+            table._check_fingerprint(expect)
+        table._dirty = set(table.entries)
+        table._calibration_dirty = table.calibration is not None
+        table._settings_dirty = bool(table.settings)
+        return table
+
+    def _check_fingerprint(self, expect: Fingerprint) -> None:
+        if self.fingerprint.diff(expect):
+            raise HilonasError(
+                f"latency table {self.path} was measured on other hardware or settings "
+                f"({self.fingerprint.describe_diff(expect)}; table value first): build a table for this target "
+                "with `hilonas latency build`, or pass --force to use it anyway")
+
+    @classmethod
+    def _parse(cls, path: Path) -> tuple[Fingerprint, dict, dict | None, dict]:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise HilonasError(f"latency table {path} does not exist: build it with `hilonas latency build`") from None
         except (OSError, UnicodeDecodeError) as err:
             raise HilonasError(f"latency table {path} cannot be read ({err}): check the path and permissions") from None
+        return cls._parse_text(text, path)
+
+    @staticmethod
+    def _parse_text(text: str, path: Path) -> tuple[Fingerprint, dict, dict | None, dict]:
+        def corrupt(why: str) -> HilonasError:
+            return HilonasError(f"latency table {path} is corrupt ({why}): repair or delete the file; "
+                                "hilonas never rebuilds over it")
+
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -263,10 +295,17 @@ class LatencyTable:
                 out.append(k)
         return out
 
-    def set_calibration(self, calibration: dict[str, Any] | None) -> None:
-        """Replace the calibration (written by the next :meth:`save`)."""
-        self.calibration = calibration
+    def set_calibration(self, calibration: Calibration | dict[str, Any] | None) -> None:
+        """Replace the calibration (written by the next :meth:`save`); a :class:`Calibration` is stored as its
+        ``to_dict()``, the file's format."""
+        self.calibration = calibration.to_dict() if hasattr(calibration, "to_dict") else calibration
         self._calibration_dirty = True
+
+    def fitted_calibration(self) -> Calibration | None:
+        """The calibration as a :class:`~hilonas.latency.calibration.Calibration`, or None when there is none."""
+        from hilonas.latency.calibration import Calibration
+
+        return Calibration.from_dict(self.calibration) if self.calibration else None
 
     def set_settings(self, settings: dict[str, Any]) -> None:
         self.settings = dict(settings)
@@ -321,30 +360,11 @@ class LatencyTable:
         return self.path
 
     def _write_atomic(self, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a table is data to share
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(self.path, text)
 
     def describe(self) -> str:
         cal = "calibrated" if self.calibration else "not calibrated"
         return f"{self.path}: {len(self.entries)} blocks, {cal}, {self.fingerprint.describe()}"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -7,7 +7,10 @@ Every latency figure in the project (block tables, whole networks, benches) come
 - ``time_module(module, example_input, ...)``: the same for ``module(*inputs)`` in eval mode.
 - ``num_threads(n)``: a context manager that pins torch's intra-op thread count and restores it.
 - ``median_of`` / ``spread_of``: the statistics every caller reports.
-- ``time_rounds(fns, rounds)``: several callables in round-robin passes of ``time_callable``, samples pooled.
+- ``round_robin(fns, rounds)``: several callables in round-robin passes of ``time_callable``, one pass at a time (a
+  generator, for callers that put other work between passes); ``time_rounds(fns, rounds)`` runs all the passes and
+  pools each callable's samples. Blocks, whole networks and the benches all go through ``round_robin``.
+- ``Rebuilt(build)``: a callable made afresh for a pass (a model too large to keep), for ``round_robin``.
 
 All calls run under ``torch.inference_mode()``. On CPU a call is timed with ``time.perf_counter``; on CUDA with
 a pair of ``torch.cuda.Event`` s around the call followed by a synchronize, so queued kernels are counted.
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Union
 
 import torch
 
 __all__ = ["Timing", "num_threads", "time_once", "time_callable", "time_module", "median_of", "spread_of",
-           "time_rounds", "pool_timings"]
+           "round_robin", "time_rounds", "pool_timings", "Rebuilt"]
 
 # Indirection so tests can substitute a deterministic clock.
 _clock: Callable[[], float] = time.perf_counter
@@ -241,22 +245,74 @@ def pool_timings(timings: Sequence[Timing]) -> Timing:
                   attempts=sum(t.attempts for t in timings))
 
 
-def time_rounds(fns: Sequence[Callable[[], Any]], *, rounds: int = 3, **kwargs: Any) -> list[Timing]:
-    """Time several callables in ``rounds`` round-robin passes of :func:`time_callable`, pooling each one's samples.
+@dataclass(frozen=True)
+class Rebuilt:
+    """A callable that :func:`round_robin` obtains from ``build()`` when a pass reaches it.
+
+    ``build()`` returns ``(fn, keep)``: ``keep`` True reuses ``fn`` in the later passes (built once), False builds it
+    again in every pass and drops it after its timing (what does not fit in memory alongside the others). A callable
+    built afresh is timed with the full warm-up, like every callable on the first pass.
+    """
+
+    build: Callable[[], tuple[Callable[[], Any], bool]]
+
+
+Timed = Union[Callable[[], Any], Rebuilt]
+
+
+def round_robin(fns: Sequence[Timed], *, rounds: int = 3, rewarm: int = 1, rotate: bool = False,
+                **kwargs: Any) -> Iterator[list[Timing]]:
+    """Time several callables in ``rounds`` round-robin passes of :func:`time_callable`; yield each pass's Timings.
 
     Other processes slow a measurement in bursts. Measuring ``fns[0], fns[1], ...`` once per pass, ``rounds`` times,
     spreads each callable's samples over the whole run, so a burst hits every callable alike and each callable gets
-    its share of the quiet moments. ``kwargs`` go to :func:`time_callable` for every pass (the full warm-up on the
-    first pass, one call after: the other callables ran in between). Each returned Timing pools the passes'
-    samples (see :func:`pool_timings`).
+    its share of the quiet moments. ``kwargs`` go to :func:`time_callable` for every timing; a callable's first
+    timing gets the full ``warmup``, the later ones ``min(rewarm, warmup)`` calls (the other callables ran in
+    between). A :class:`Rebuilt` entry is built when a pass reaches it; a fresh build gets the full warm-up again.
+
+    Args:
+        fns: callables with no arguments (or :class:`Rebuilt`).
+        rounds: passes (>= 1).
+        rewarm: warm-up calls of a callable already timed in an earlier pass.
+        rotate: start pass ``r`` at callable ``r % len(fns)`` so no callable always runs first; each yielded list is
+            in ``fns`` order all the same.
+
+    Yields:
+        after each pass, one :class:`Timing` per callable, in ``fns`` order. The caller may do other work before
+        asking for the next pass (the table build measures blocks between the calibration networks' passes).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    passes: list[list[Timing]] = [[] for _ in fns]
+    warmup = kwargs.pop("warmup", 5)
+    kept: list[Callable[[], Any] | None] = [None if isinstance(f, Rebuilt) else f for f in fns]
+    n = len(fns)
     for r in range(rounds):
-        kw = dict(kwargs)
-        if r > 0:
-            kw["warmup"] = min(1, kwargs.get("warmup", 5))
-        for i, fn in enumerate(fns):
-            passes[i].append(time_callable(fn, **kw))
+        timings: list[Timing | None] = [None] * n
+        start = r % n if rotate and n else 0
+        for i in [*range(start, n), *range(start)]:
+            fn, fresh = kept[i], r == 0
+            if fn is None:
+                fn, keep = fns[i].build()
+                fresh = True
+                if keep:
+                    kept[i] = fn
+            timings[i] = time_callable(fn, warmup=warmup if fresh else min(rewarm, warmup), **kwargs)
+            del fn
+        yield timings
+
+
+def time_rounds(fns: Sequence[Timed], *, rounds: int = 3, on_pass: Callable[[int], None] | None = None,
+                **kwargs: Any) -> list[Timing]:
+    """Time several callables in ``rounds`` round-robin passes (:func:`round_robin`), pooling each one's samples.
+
+    ``on_pass(r)`` is called after pass ``r`` (0-based), e.g. to move a progress bar; other keyword arguments go to
+    :func:`round_robin` (rewarm, rotate) and :func:`time_callable`. Each returned Timing pools the passes' samples
+    (see :func:`pool_timings`), in ``fns`` order.
+    """
+    passes: list[list[Timing]] = [[] for _ in fns]
+    for r, timings in enumerate(round_robin(fns, rounds=rounds, **kwargs)):
+        for ts, t in zip(passes, timings):
+            ts.append(t)
+        if on_pass is not None:
+            on_pass(r)
     return [pool_timings(ts) for ts in passes]

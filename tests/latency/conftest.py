@@ -1,22 +1,11 @@
-"""Shared pieces of the latency tests: a tiny space at 32 px, timing settings that make a build take seconds."""
+"""Shared pieces of the latency tests: the tiny space and fast timing of tests/shared.py, fingerprints."""
 from __future__ import annotations
 
 import pytest
 
 from hilonas.latency.fingerprint import Fingerprint
 
-TINY_SPACE = {
-    "name": "lat_tiny",
-    "description": "two stages at 32 px",
-    "fixed": {"img_size": 32, "patch_size": 4, "num_classes": 10},
-    "stages": [
-        {"depth": [1, 2], "dim": [8, 16], "mlp_ratio": 2, "mixer": "none"},
-        {"depth": [1, 2], "dim": [16, 32], "heads": 2, "mlp_ratio": 2, "mixer": "hilo", "alpha": 0.5,
-         "window": [1, 2]},
-    ],
-}
-# One pass of 2 timed calls, no re-measuring: a block costs milliseconds.
-FAST = {"warmup": 1, "repeats": 2, "max_attempts": 1, "rounds": 1, "chain": 2, "group": 3}
+from ..shared import FAST, TINY_SPACE  # noqa: F401  (re-exported to the tests of this folder)
 
 
 @pytest.fixture

@@ -1,11 +1,15 @@
 """build_table / ensure_table / validate_table on a tiny space with tiny timing settings."""
+import math
+import statistics
+
 import pytest
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.latency import build as build_mod
-from hilonas.latency.build import build_table, ensure_table, sample_archs, space_at, validate_table
+from hilonas.latency.build import BuildReport, build_table, ensure_table
 from hilonas.latency.table import LatencyTable
+from hilonas.latency.validate import validate_table
 
 from .conftest import FAST
 
@@ -30,16 +34,23 @@ def test_interrupted_build_resumes_where_it_stopped(tmp_path, tiny_space, cpu_fp
     assert len(saved.entries) == 6 and saved.calibration is None  # two groups of three were saved
 
     measured = []
-    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4,
-                        on_block=measured.append, **FAST)
+    report = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4,
+                         on_block=measured.append, **FAST)
+    table = report.table
     assert [k.id for k in measured] == [k.id for k in keys[6:]]  # only the rest
-    assert table.build_stats["blocks_total"] == len(keys) and table.build_stats["blocks_measured"] == len(keys) - 6
+    assert report.blocks_total == len(keys) and report.blocks_measured == len(keys) - 6
+    assert report.networks_measured == 4 and report.calibration == table.calibration["method"]
+    assert report.path == str(table.path) and report.to_dict()["blocks_measured"] == len(keys) - 6
+    assert "table" not in report.to_dict() and set(report.to_dict()) == {
+        "blocks_total", "blocks_measured", "blocks_completed", "networks_measured", "seconds", "calibration",
+        "machine_busy", "path"}
     assert set(table.entries) == {k.id for k in keys}
     assert table.calibration["fitted_on"] == 4 and len(table.calibration["networks"]) == 4
     assert table.settings["statistic"] == "min" and table.settings["repeats"] == FAST["repeats"]
+    assert LatencyTable.open(cpu_fp, tmp_path).calibration == table.calibration  # saved
 
     again = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4, **FAST)
-    assert again.build_stats["blocks_measured"] == 0 and again.build_stats["networks_measured"] == 0
+    assert again.blocks_measured == 0 and again.networks_measured == 0
 
 
 def test_build_in_passes_resumes_inside_a_later_pass(tmp_path, tiny_space, cpu_fp):
@@ -60,19 +71,21 @@ def test_build_in_passes_resumes_inside_a_later_pass(tmp_path, tiny_space, cpu_f
     assert len(saved.incomplete(keys, 2)) == len(keys) - 3
 
     measured = []
-    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=0,
-                        on_block=measured.append, **settings)
+    report = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=0,
+                         on_block=measured.append, **settings)
+    table = report.table
     assert [k.id for k in measured] == [k.id for k in keys[3:]]  # only the passes still owed
     assert all(table.passes(k) == 2 for k in keys)
     entry = table.entries[keys[0].id]
     assert len(entry["pass_mins"]) == 2 and entry["min_ms"] == min(entry["pass_mins"])
     assert entry["runs"] == 2 * FAST["repeats"]
-    assert table.build_stats["blocks_measured"] == 0 and table.build_stats["blocks_completed"] == len(keys) - 3
+    assert report.blocks_measured == 0 and report.blocks_completed == len(keys) - 3
 
 
 def test_ensure_table_builds_once_then_is_quiet(tmp_path, tiny_space, cpu_fp, monkeypatch, capsys):
-    table = ensure_table(tiny_space, cpu_fp, tmp_path, calib_networks=3, **FAST)
-    assert table.build_stats["blocks_measured"] == len(tiny_space.enumerate_blocks())
+    first = ensure_table(tiny_space, cpu_fp, tmp_path, calib_networks=3, **FAST)
+    assert isinstance(first, BuildReport) and first.blocks_measured == len(tiny_space.enumerate_blocks())
+    table = first.table
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("a complete table must not be measured again")
@@ -80,25 +93,55 @@ def test_ensure_table_builds_once_then_is_quiet(tmp_path, tiny_space, cpu_fp, mo
     monkeypatch.setattr(build_mod, "build_table", no_measuring)
     capsys.readouterr()
     again = ensure_table(tiny_space, cpu_fp, tmp_path, calib_networks=3)
-    assert again.build_stats["blocks_measured"] == 0 and again.entries == table.entries
+    assert isinstance(again, BuildReport) and again.blocks_measured == 0 and again.networks_measured == 0
+    assert again.table.entries == table.entries and again.calibration == table.calibration["method"]
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
 
 
 def test_validate_reports_figures_on_networks_the_calibration_never_saw(tmp_path, tiny_space, cpu_fp):
-    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4, **FAST)
+    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4, **FAST).table
     calibrated = {ArchConfig.from_dict(n["arch"]) for n in table.calibration["networks"]}
     result = validate_table(tiny_space, cpu_fp, n=6, seed=3, tables_dir=tmp_path, progress=False)
     assert {"n", "within_5", "within_10", "mape", "max_ape", "spearman"} <= set(result)
     assert result["n"] == 6 and len(result["rows"]) == 6
     assert 0 <= result["within_5"] <= result["within_10"] <= 1 and result["max_ape"] >= result["mape"] >= 0
-    validated = set(sample_archs(tiny_space, 6, 3, exclude=calibrated))
+    validated = set(tiny_space.sample_distinct(6, 3, exclude=calibrated))
     assert not validated & calibrated
     assert {a.describe() for a in validated} == {r["arch"] for r in result["rows"]}
     for row in result["rows"]:
         assert row["error"] == pytest.approx(row["predicted_ms"] / row["measured_ms"] - 1, abs=1e-3)
-    # Calibration networks re-measured in the same passes tell how far the machine drifted since the build.
-    assert result["drift"] > -1
+    assert result["calibration"] == table.calibration["method"] and result["statistic"] == "min"
+    # Calibration networks re-measured in the same passes tell how far the machine drifted since the build: the
+    # median of (figure now / figure at the build) - 1 over the probes, a finite ratio minus one.
+    assert isinstance(result["drift"], float) and math.isfinite(result["drift"]) and result["drift"] > -1
+
+
+def test_drift_is_the_median_probe_ratio(tmp_path, tiny_space, cpu_fp, monkeypatch):
+    """With the whole-network timings scripted, drift is exactly median(probe now / probe at build) - 1, the rows'
+    errors are recomputed from the same figures, and a table without calibration reports drift None."""
+    from hilonas.latency import measure
+    from hilonas.latency.timing import Timing
+
+    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4, **FAST).table
+    at_build = [n["measured_ms"] for n in table.calibration["networks"]]
+    factors = [1.5, 0.5, 2.0, 1.25]
+
+    def scripted(archs, fp, on_pass=None, **settings):
+        n = len(archs) - len(at_build)
+        figures = [1.0 + i for i in range(n)] + [m * f for m, f in zip(at_build, factors)]
+        return [Timing(median_ms=v, spread=0.0, runs=1, samples_ms=[v], device="cpu", threads=1, noisy=False,
+                       attempts=1) for v in figures]
+
+    monkeypatch.setattr(measure, "measure_archs", scripted)
+    result = validate_table(tiny_space, cpu_fp, n=3, seed=5, tables_dir=tmp_path, progress=False)
+    assert result["drift"] == pytest.approx(statistics.median(factors) - 1)
+    assert [r["measured_ms"] for r in result["rows"]] == [1.0, 2.0, 3.0]
+
+    table.set_calibration(None)
+    table.save()
+    result = validate_table(tiny_space, cpu_fp, n=3, seed=5, tables_dir=tmp_path, progress=False)
+    assert result["drift"] is None and result["calibration"] is None
 
 
 def test_validate_without_a_table_says_build_first(tmp_path, tiny_space, cpu_fp):
@@ -107,13 +150,14 @@ def test_validate_without_a_table_says_build_first(tmp_path, tiny_space, cpu_fp)
 
 
 def test_sampling_is_seeded_and_distinct(tiny_space):
-    a = sample_archs(tiny_space, 5, 1)
-    assert a == sample_archs(tiny_space, 5, 1) and len(set(a)) == 5
+    a = tiny_space.sample_distinct(5, 1)
+    assert a == tiny_space.sample_distinct(5, 1) and len(set(a)) == 5
+    assert not set(tiny_space.sample_distinct(5, 1, exclude=set(a[:2]))) & set(a[:2])
     with pytest.raises(HilonasError, match="fewer than"):
-        sample_archs(tiny_space, tiny_space.size() * 10, 1)
+        tiny_space.sample_distinct(tiny_space.size() * 10, 1)
 
 
 def test_space_at_another_resolution(tiny_space):
-    at64 = space_at(tiny_space, 64)
-    assert at64.fixed["img_size"] == 64 and space_at(tiny_space, 32) is tiny_space
+    at64 = tiny_space.at_resolution(64)
+    assert at64.fixed["img_size"] == 64 and tiny_space.at_resolution(32) is tiny_space
     assert {k.h for k in at64.enumerate_blocks() if k.kind == "block"} == {16, 8}

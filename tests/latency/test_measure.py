@@ -7,8 +7,15 @@ import torch
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.latency.keys import arch_blocks
-from hilonas.latency.measure import (BlockChain, block_module, figure_ms, measure_arch, measure_block, measure_blocks,
-                                     timing_settings)
+from hilonas.latency.measure import (
+    BlockChain,
+    block_module,
+    figure_ms,
+    measure_arch,
+    measure_block,
+    measure_blocks,
+    timing_settings,
+)
 from hilonas.models import HiLoNet
 
 from .conftest import FAST, fake_fp
@@ -94,7 +101,7 @@ def test_measure_block_and_arch_on_cpu(cpu_fp):
     keys = list(arch_blocks(ARCH))
     timings = measure_blocks(keys, fp, **SETTINGS)
     assert len(timings) == len(keys)
-    for key, t in zip(keys, timings):
+    for t in timings:
         assert t.median_ms > 0 and t.min_ms <= t.median_ms and t.threads == 1 and t.device == "cpu"
         assert t.runs == SETTINGS["repeats"] * SETTINGS["rounds"]
     one = measure_block(keys[1], fp, **SETTINGS)
@@ -146,5 +153,25 @@ def test_steady_allocator_is_set_once_and_recorded(tmp_path, tiny_space, cpu_fp)
 
     first = steady_allocator()
     assert first == steady_allocator() and first
-    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=0, **FAST)
+    table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=0, **FAST).table
     assert table.settings["allocator"] == first and table.settings["model_code"]
+
+
+def test_network_passes_pool_to_what_measure_archs_reports(cpu_fp):
+    """Whole networks pass by pass (what the build interleaves with block passes) and all at once go through the
+    same harness: per pass one Timing per network, pooled to ``rounds * repeats`` samples; a network that does not
+    fit the cache is rebuilt every pass and still measured."""
+    from hilonas.latency.measure import measure_archs, network_passes
+    from hilonas.latency.timing import pool_timings
+
+    fp = dataclasses.replace(cpu_fp, resolution=40)
+    other = dataclasses.replace(ARCH, depths=(1, 1, 1)).validate()
+    settings = {**SETTINGS, "rounds": 3}
+    passes = list(network_passes([ARCH, other], fp, **settings))
+    assert len(passes) == 3 and all(len(p) == 2 and all(t.runs == SETTINGS["repeats"] for t in p) for p in passes)
+    pooled = [pool_timings([p[i] for p in passes]) for i in range(2)]
+    assert [t.runs for t in pooled] == [3 * SETTINGS["repeats"]] * 2
+    seen = []
+    timings = measure_archs([ARCH, other], fp, on_pass=seen.append, cache_bytes=0, **settings)
+    assert seen == [0, 1, 2] and [t.runs for t in timings] == [3 * SETTINGS["repeats"]] * 2
+    assert all(t.median_ms > 0 for t in timings)

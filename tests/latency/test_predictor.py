@@ -1,13 +1,16 @@
 """LatencyPredictor: sum x calibration by hand, missing blocks raise (or are measured), calibration fitting."""
+import math
 import random
 
 import pytest
 
 from hilonas.config import ArchConfig
-from hilonas.latency.build import fit_calibration, spearman
+from hilonas.errors import HilonasError
+from hilonas.latency.calibration import Calibration, block_group, fit_calibration
 from hilonas.latency.keys import arch_blocks
-from hilonas.latency.predictor import LatencyPredictor, MissingBlockError, apply_calibration, block_group
+from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
 from hilonas.latency.table import LatencyTable
+from hilonas.latency.validate import spearman
 
 from .conftest import FAST, fake_fp
 
@@ -48,7 +51,8 @@ def test_group_calibration_by_hand(tmp_path):
            "group_scale": {"block:hilo": 1.5, "block:none": 1.1, "stem": 2.0, "merge": 2.0, "head": 2.0}}
     predictor = LatencyPredictor(fake_table(tmp_path, cal))
     assert predictor.predict(ARCH) == pytest.approx(0.25 + 1.5 * 6.0 + 1.1 * 2.0 + 2.0 * (0.5 + 0.25 + 0.125))
-    assert apply_calibration(cal, predictor.breakdown(ARCH)) == pytest.approx(predictor.predict(ARCH))
+    assert Calibration.from_dict(cal).apply(predictor.breakdown(ARCH)) == pytest.approx(predictor.predict(ARCH))
+    assert predictor.calibration == Calibration.from_dict(cal)
 
 
 def test_missing_block_raises_naming_it(tmp_path):
@@ -89,18 +93,52 @@ def test_fit_calibration_recovers_an_affine_truth():
             "head": 0.05} for _ in range(12)]
     measured = [1.15 * sum(r.values()) + 0.7 for r in raw]
     cal = fit_calibration(raw, measured)
-    assert cal["method"] in ("affine", "group_affine")
+    assert isinstance(cal, Calibration) and cal.method in ("affine", "group_affine")
+    assert {"scale", "affine"} <= set(cal.loo_mape) and cal.fitted_on is None  # scores, no provenance yet
     for r, m in zip(raw, measured):
-        assert apply_calibration(cal, r) == pytest.approx(m, rel=1e-6)
+        assert cal.apply(r) == pytest.approx(m, rel=1e-6)
+    # The predictor applies the same formula to a table holding the calibration.
+    assert Calibration.from_dict(cal.to_dict()) == cal
 
 
 def test_fit_calibration_with_few_networks_is_a_scale():
     raw = [{"block:hilo": 4.0}, {"block:hilo": 8.0}]
     cal = fit_calibration(raw, [5.0, 10.0])
-    assert cal["method"] == "scale" and cal["scale"] == pytest.approx(1.25) and cal["intercept_ms"] == 0.0
+    assert cal.method == "scale" and cal.scale == pytest.approx(1.25) and cal.intercept_ms == 0.0
+    assert cal.group_scale == {} and cal.apply({"block:hilo": 2.0}) == pytest.approx(2.5)
+    with pytest.raises(HilonasError, match="at least one"):
+        fit_calibration([], [])
+
+
+def test_predictor_applies_the_fitted_calibration(tmp_path):
+    """One formula: what a table with a fitted calibration predicts is Calibration.apply of the breakdown."""
+    rng = random.Random(1)
+    raw = [{"block:hilo": rng.uniform(2, 10), "block:none": rng.uniform(1, 5), "stem": rng.uniform(0.2, 0.6),
+            "merge": 0.4, "head": 0.05} for _ in range(12)]
+    measured = [1.3 * r["block:hilo"] + 0.9 * r["block:none"] + 2.0 * (r["stem"] + 0.45) + 0.3 for r in raw]
+    cal = fit_calibration(raw, measured)
+    table = fake_table(tmp_path)
+    table.set_calibration(cal)
+    assert table.calibration == cal.to_dict() and table.fitted_calibration() == cal
+    predictor = LatencyPredictor(table)
+    assert predictor.predict(ARCH) == pytest.approx(cal.apply(predictor.breakdown(ARCH)), rel=1e-12)
+
+
+def test_calibration_dict_round_trip_keeps_every_field():
+    data = {"method": "affine", "scale": 1.1, "intercept_ms": 0.2, "group_scale": {}, "loo_mape": {"scale": 0.1},
+            "fitted_on": 3, "seed": 0, "statistic": "min", "fitted_at": "2026-01-01T00:00:00+0000",
+            "networks": [{"describe": "x", "measured_ms": 1.0}], "note": "kept"}
+    cal = Calibration.from_dict(data)
+    assert cal.to_dict() == data and list(cal.to_dict()) == list(data) and cal.extra == {"note": "kept"}
+    assert Calibration.from_dict({"method": "scale", "scale": 2}).apply({"stem": 1.0, "block:hilo": 2.0}) == 6.0
+    with pytest.raises(HilonasError, match="calibration.scale"):
+        Calibration.from_dict({"method": "scale", "scale": "fast"})
 
 
 def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, rel=1e-6)  # ties: average ranks
+    assert math.isnan(spearman([1.0], [2.0])) and math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1, 2, 3])

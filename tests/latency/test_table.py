@@ -154,3 +154,58 @@ def test_list_tables_reports_problems_without_raising(tmp_path):
     assert found[good.path.name][0] == fake_fp() and found[good.path.name][1] == ""
     assert found["broken.json"][0] is None and "corrupt" in found["broken.json"][1]
     assert list_tables(tmp_path / "none") == []
+
+
+def test_from_json_merges_a_table_built_elsewhere_into_the_file(tmp_path):
+    """A table's text handed over (e.g. from a node that built it) is merged into the local file by save(): its
+    entries, calibration and settings win, entries only the local file has are kept."""
+    fp = fake_fp()
+    remote = LatencyTable.open(fp, tmp_path / "remote")
+    remote.add(key(0), timing(1.0))
+    remote.add(key(1), timing(2.0))
+    remote.set_settings({"repeats": 12, "statistic": "min"})
+    remote.set_calibration({"method": "scale", "scale": 1.2, "intercept_ms": 0.0, "group_scale": {}})
+    remote.save()
+    text = remote.path.read_text()
+
+    local = LatencyTable.open(fp, tmp_path / "local")
+    local.add(key(1), timing(9.0))  # stale figure: the handed-over one wins
+    local.add(key(2), timing(3.0))  # only here: kept
+    local.set_settings({"repeats": 30})
+    local.save()
+
+    handed = LatencyTable.from_json(text, local.path, expect=fp)
+    assert handed.path == local.path and handed.entries == remote.entries
+    assert handed.calibration == remote.calibration and handed.settings == remote.settings
+    handed.save()
+    merged = LatencyTable.open(fp, tmp_path / "local")
+    assert set(merged.entries) == {key(0).id, key(1).id, key(2).id}
+    assert merged.entries[key(1).id] == remote.entries[key(1).id] and merged.entries[key(2).id]["median_ms"] == 3.0
+    assert merged.calibration == remote.calibration and merged.settings == remote.settings
+    assert merged.latency_ms(key(0)) == pytest.approx(0.95)  # settings came along: statistic min
+
+    # Into a folder with no file yet: written as it came.
+    fresh = LatencyTable.from_json(text, tmp_path / "new" / remote.path.name)
+    fresh.save()
+    assert LatencyTable.load(fresh.path).to_dict() == LatencyTable.load(remote.path).to_dict()
+
+
+def test_from_json_refuses_what_load_refuses(tmp_path):
+    fp = fake_fp()
+    with pytest.raises(HilonasError, match="corrupt") as err:
+        LatencyTable.from_json("{not json", tmp_path / "t.json")
+    assert str(tmp_path / "t.json") in str(err.value)
+    table = LatencyTable.open(fp, tmp_path)
+    table.add(key(0), timing(1.0))
+    table.save()
+    other = fake_fp(threads=4)
+    with pytest.raises(HilonasError, match="threads"):
+        LatencyTable.from_json(table.path.read_text(), table.path, expect=other)
+    # A table of other hardware is never merged into this file.
+    alien = LatencyTable(tmp_path / "alien" / "a.json", other)
+    alien.add(key(0), timing(1.0))
+    alien.save()
+    handed = LatencyTable.from_json(alien.path.read_text(), table.path)
+    with pytest.raises(HilonasError, match="other hardware"):
+        handed.save()
+    assert LatencyTable.load(table.path).fingerprint == fp

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from hilonas.latency import timing
-from hilonas.latency.timing import Timing, median_of, num_threads, spread_of, time_callable, time_module, time_once
+from hilonas.latency.timing import (
+    Timing,
+    median_of,
+    num_threads,
+    spread_of,
+    time_callable,
+    time_module,
+    time_once,
+    time_rounds,
+)
 
 
 class FakeClock:
@@ -87,9 +96,8 @@ def test_threads_restored_after_exception():
     assert torch.get_num_threads() == before
     with num_threads(None) as n:
         assert n == before
-    with pytest.raises(ValueError):
-        with num_threads(0):
-            pass
+    with pytest.raises(ValueError), num_threads(0):
+        pass
 
 
 def test_quiet_first_attempt_stops(clock):
@@ -158,3 +166,56 @@ def test_cuda_requested_without_cuda_fails_clearly():
         pytest.skip("CUDA is available")
     with pytest.raises(RuntimeError, match="cuda"):
         time_callable(lambda: None, device="cuda")
+
+
+def test_time_rounds_protocol_pools_passes_and_reports_each_pass(clock):
+    calls = {"a": 0, "b": 0}
+    order = []
+
+    def make(name, ms):
+        def fn():
+            calls[name] += 1
+            order.append(name)
+            clock.advance_ms(ms)
+        return fn
+
+    passes = []
+    out = time_rounds([make("a", 2.0), make("b", 3.0)], rounds=3, warmup=4, repeats=2, max_attempts=1,
+                      on_pass=passes.append)
+    assert passes == [0, 1, 2]
+    # Full warm-up on the first pass, one call after: 4 + 2, then 1 + 2 twice.
+    assert calls == {"a": 4 + 2 + 2 * (1 + 2), "b": 4 + 2 + 2 * (1 + 2)}
+    assert order[:6] == ["a"] * 6 and order[6:12] == ["b"] * 6  # round robin: a's pass, then b's
+    assert [t.runs for t in out] == [6, 6] and out[0].samples_ms == pytest.approx([2.0] * 6)
+    assert out[1].median_ms == pytest.approx(3.0) and out[0].attempts == 3
+
+
+def test_round_robin_yields_each_pass_and_rotates(clock):
+    order = []
+    fns = [lambda i=i: (order.append(i), clock.advance_ms(1.0 + i)) for i in range(3)]
+    passes = list(timing.round_robin(fns, rounds=3, rotate=True, rewarm=0, warmup=0, repeats=1, max_attempts=1))
+    assert order == [0, 1, 2, 1, 2, 0, 2, 0, 1]
+    assert len(passes) == 3 and all([t.median_ms for t in p] == pytest.approx([1.0, 2.0, 3.0]) for p in passes)
+    with pytest.raises(ValueError):
+        next(timing.round_robin(fns, rounds=0))
+
+
+def test_rebuilt_callables_get_a_full_warm_up_whenever_built(clock):
+    builds = {"kept": 0, "dropped": 0}
+    calls = {"kept": 0, "dropped": 0}
+
+    def source(name, keep):
+        def build():
+            builds[name] += 1
+
+            def fn():
+                calls[name] += 1
+                clock.advance_ms(1.0)
+            return fn, keep
+        return timing.Rebuilt(build)
+
+    out = time_rounds([source("kept", True), source("dropped", False)], rounds=3, warmup=3, repeats=2,
+                      max_attempts=1)
+    assert builds == {"kept": 1, "dropped": 3}
+    assert calls == {"kept": (3 + 2) + 2 * (1 + 2), "dropped": 3 * (3 + 2)}
+    assert [t.runs for t in out] == [6, 6]
