@@ -1,26 +1,47 @@
 """The search driver: owns the study (ask/tell), reads latency from the table, sends evaluations to an executor.
 
 One writer (this process), so SQLite never sees concurrent writers and crash-resume is the storage's job. The loop
-keeps ``executor.slots`` evaluations in flight, collects them in finishing order and tells each result at once.
+(:class:`SearchLoop`) keeps ``executor.slots`` evaluations in flight, collects them in finishing order and tells each
+result at once. Each trial goes through three small steps:
+
+- **ask and route** (:meth:`SearchLoop.start_next`): ask a trial, sample its architecture, predict its latency; a
+  trial over ``--max-latency-ms`` is told at once as infeasible, one whose network was already trained is told at
+  once with the earlier accuracy, anything else is submitted as a :class:`~hilonas.search.objective.TrialPayload`;
+- **evaluate**: :func:`hilonas.search.objective.evaluate` on a worker returns a
+  :class:`~hilonas.search.objective.TrialResult`;
+- **record** (:meth:`SearchLoop.collect`): tell the result (or the failure) with its user attrs.
+
+User attrs of a trial (results, export and the Pareto page read them): :data:`TRIAL_ATTRS`.
 """
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
+from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR
 from hilonas.latency.keys import arch_blocks
 from hilonas.search import study as studies
-from hilonas.search.executors import EvaluationError, Executor, make_executor
-from hilonas.search.objective import evaluate
+from hilonas.search.executors import EvaluationError, Executor, check_executor, make_executor
+from hilonas.search.objective import RESULT_ATTRS, TrialPayload, TrialResult, evaluate
 from hilonas.spaces import SearchSpace
+
+if TYPE_CHECKING:
+    from hilonas.latency.fingerprint import Fingerprint
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.table import LatencyTable
+
+# Every user attr the driver stores on a trial (``retry_of`` is set by crash recovery, see studies.recover_stale).
+TRIAL_ATTRS = ("arch", "arch_text", "predicted_latency_ms", "throughput", "constraint", "feasible", "skipped",
+               "duplicate_of", *RESULT_ATTRS, "fail_reason")
+# What a duplicate trial copies from the trial that trained the same network.
+_DUPLICATE_ATTRS = ("flops", "params", "proxy", "train_seconds")
 
 
 @dataclass
@@ -44,13 +65,16 @@ class SearchSettings:
     ray_address: str | None = None
     latency_threads: int = 1
     latency_batch: int = 1
-    tables_dir: str = "latency_tables"
-    runs_dir: str = "runs"
+    tables_dir: str = DEFAULT_TABLES_DIR
+    runs_dir: str = DEFAULT_RUNS_DIR
     resume: bool = False
     max_failures: int | None = None  # stop after this many failed evaluations (default: 2 * trials + 5)
 
     def study_name(self, space: SearchSpace) -> str:
         return self.study or f"{space.name}-{self.target}"
+
+    def failure_limit(self) -> int:
+        return self.max_failures if self.max_failures is not None else 2 * self.trials + 5
 
     def check(self) -> None:
         if self.trials < 1:
@@ -64,6 +88,7 @@ class SearchSettings:
         studies.directions(self.objective)
         if self.sampler not in studies.SAMPLERS:
             raise HilonasError(f"--sampler={self.sampler!r} is unknown: use one of {', '.join(studies.SAMPLERS)}")
+        check_executor(self.executor, self.ray_address)
 
 
 @dataclass
@@ -82,42 +107,277 @@ class SearchSummary:
     table_measured_on: str | None = None  # Ray node id where missing blocks were measured (cluster runs)
 
 
-def _ensure_table_task(space: SearchSpace, fingerprint: Any, tables_dir: str) -> dict:
-    """Runs where the target hardware is: measures the blocks the table lacks, returns the table file's content."""
-    from hilonas.latency.build import ensure_table
+# ------------------------------------------------------------------------------------------------- start-up
+@dataclass
+class OpenedSearch:
+    """What start-up produced before any executor exists: the study (created or resumed) and its inputs."""
 
-    table = ensure_table(space, fingerprint, tables_dir=tables_dir, progress=False)
-    return {"path": str(table.path), "text": Path(table.path).read_text()}
-
-
-def prepare_table(space: SearchSpace, fingerprint: Any, tables_dir: str, executor: Executor, progress: bool):
-    """The latency table for the target, complete for the space, before any training starts."""
-    from hilonas.latency.build import ensure_table, table_complete
-    from hilonas.latency.table import LatencyTable
-
-    if getattr(executor, "description", "").startswith("ray (cluster"):
-        table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
-        if table_complete(space, fingerprint, table):
-            return table
-        # On a cluster the blocks are measured on a node that has this hardware (its custom resource).
-        result = executor.run_pinned(_ensure_table_task, space, fingerprint, str(Path(tables_dir).resolve()),
-                                     resource=hardware_resource(fingerprint), cpus=fingerprint.threads)
-        path = Path(result["path"])
-        if not path.is_file() or path.read_text() != result["text"]:
-            local = Path(tables_dir) / path.name
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_suffix(".tmp")
-            tmp.write_text(result["text"])
-            tmp.replace(local)
-        return LatencyTable.open(fingerprint, tables_dir=tables_dir)
-    return ensure_table(space, fingerprint, tables_dir=tables_dir, progress=progress)
+    space: SearchSpace
+    name: str
+    storage_url: str
+    study: optuna.Study
+    fingerprint: Fingerprint
+    data: Any  # the proxy dataset
+    budget: dict[str, Any]
+    stale_recovered: int
 
 
-def hardware_resource(fingerprint: Any) -> str:
+def open_search(settings: SearchSettings) -> OpenedSearch:
+    """Check the settings, load the space and the data, create or resume the study and recover stale trials.
+
+    Raises HilonasError (one line) for any bad input, before Ray starts or a table is measured.
+    """
+    from hilonas.latency.fingerprint import current_fingerprint
+    from hilonas.proxy.data import load_dataset
+    from hilonas.proxy.train import ProxyBudget
+
+    settings.check()
+    space = SearchSpace.load(settings.space)
+    name = studies.check_study_name(settings.study_name(space))
+    storage_url = settings.storage or studies.default_storage(name, settings.runs_dir)
+    if settings.resume and not settings.storage:
+        studies.load_existing(name, None, settings.runs_dir)  # one clear line, and no empty study file left behind
+    budget = asdict(ProxyBudget(**settings.budget))  # validates the budget before anything starts
+    img_size = int(space.fixed.get("img_size", 224))
+    fingerprint = current_fingerprint(settings.target, threads=settings.latency_threads,
+                                      batch=settings.latency_batch, resolution=img_size)
+    data = load_dataset(settings.data, resolution=settings.resolution, seed=settings.seed)
+    storage = studies.open_storage(storage_url)
+    record = {"space": space.name, "space_source": space.source, "target": settings.target,
+              "fingerprint_id": fingerprint.id, "objective": settings.objective,
+              "max_latency_ms": settings.max_latency_ms, "data": data.name, "budget": budget, "seed": settings.seed,
+              "resolution": settings.resolution, "img_size": img_size, "fingerprint": fingerprint.to_dict()}
+    study = studies.create_or_resume(name, storage, record, settings.sampler, settings.trials,
+                                     resume_only=settings.resume)
+    stale = studies.recover_stale(study)
+    return OpenedSearch(space=space, name=name, storage_url=storage_url, study=study, fingerprint=fingerprint,
+                        data=data, budget=budget, stale_recovered=stale)
+
+
+def hardware_resource(fingerprint: Fingerprint) -> str:
     """The Ray custom resource naming nodes of this hardware: start them with ``--resources '{"<this>": 1}'``."""
     return f"hilonas-hw-{fingerprint.id}"
 
 
+def _ensure_table_task(space: SearchSpace, fingerprint: Fingerprint, tables_dir: str) -> str:
+    """Runs where the target hardware is: measures the blocks the table lacks, returns the table file's text."""
+    from hilonas.latency.build import ensure_table
+
+    report = ensure_table(space, fingerprint, tables_dir=tables_dir, progress=False)
+    return report.table.path.read_text(encoding="utf-8")
+
+
+def prepare_table(space: SearchSpace, fingerprint: Fingerprint, tables_dir: str, executor: Executor,
+                  progress: bool) -> LatencyTable:
+    """The latency table for the target, complete for the space, before any training starts.
+
+    On a cluster (``executor.is_cluster``) missing blocks are measured on a node that has this hardware (its custom
+    resource); that task returns the table file's text, which is merged into the local file under its lock
+    (``LatencyTable.save``). The driver never writes a table file itself.
+    """
+    from hilonas.latency.build import ensure_table, table_complete
+    from hilonas.latency.table import LatencyTable, table_path
+
+    if not executor.is_cluster:
+        return ensure_table(space, fingerprint, tables_dir=tables_dir, progress=progress).table
+    table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
+    if table_complete(space, fingerprint, table):
+        return table
+    text = executor.run_pinned(_ensure_table_task, space, fingerprint, str(table.path.parent.resolve()),
+                               resource=hardware_resource(fingerprint), cpus=fingerprint.threads)
+    LatencyTable.from_json(text, table_path(fingerprint, tables_dir), expect=fingerprint).save()
+    return LatencyTable.open(fingerprint, tables_dir=tables_dir)
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+@dataclass
+class Proposal:
+    """An asked trial before routing: its architecture, predicted latency and the attrs known before training."""
+
+    trial: optuna.trial.Trial
+    arch: ArchConfig
+    attrs: dict[str, Any]  # arch, arch_text, predicted_latency_ms, throughput (+ constraint, feasible with a limit)
+    second: float  # the second objective's value (latency or throughput)
+
+    @property
+    def feasible(self) -> bool:
+        return bool(self.attrs.get("feasible", True))
+
+
+class SearchLoop:
+    """The state of one run of the trial loop: trials in flight, counts, known results, the progress view."""
+
+    def __init__(self, settings: SearchSettings, opened: OpenedSearch, predictor: LatencyPredictor, executor: Executor,
+                 data_ref: Any, view: _Progress, on_event: Callable[[str, dict], None] | None = None) -> None:
+        self.settings = settings
+        self.study = opened.study
+        self.name = opened.name
+        self.space = opened.space
+        self.budget = opened.budget
+        self.predictor = predictor
+        self.executor = executor
+        self.data_ref = data_ref
+        self.view = view
+        self.on_event = on_event
+        self.in_flight: dict[Any, optuna.trial.Trial] = {}
+        self.new_trials = self.failed = 0
+        self.eval_seconds = 0.0
+        self.max_failures = settings.failure_limit()
+        self.known = _known_results(self.study)  # network key -> the first completed trial that trained it
+
+    def run(self) -> None:
+        """Ask, evaluate and tell until ``settings.trials`` trials have finished (or too many failed)."""
+        while True:
+            if self.failed >= self.max_failures and not self.in_flight:
+                raise HilonasError(f"{self.failed} trial evaluations failed (limit {self.max_failures}); the last "
+                                   f"reason is stored with its trial: inspect with `hilonas results {self.name}`")
+            finished = self.fill()
+            self.view.update(finished, len(self.in_flight), self.failed, None)
+            if not self.in_flight:
+                return
+            for handle in self.executor.wait(list(self.in_flight)):
+                self.collect(handle)
+
+    def fill(self) -> int:
+        """Start trials until every slot is busy or enough trials are finished or running; returns finished."""
+        finished = studies.finished_count(self.study)
+        while (self.failed < self.max_failures and len(self.in_flight) < self.executor.slots
+               and finished + len(self.in_flight) < self.settings.trials):
+            if self.start_next():
+                finished += 1
+        return finished
+
+    # ------------------------------------------------------------------------------------------ ask and route
+    def start_next(self) -> bool:
+        """Ask one trial and route it. True when it was told at once (infeasible or a duplicate), False when
+        submitted."""
+        p = self.propose()
+        if not p.feasible:
+            # Known before training: recorded as infeasible (the constraint keeps it off every front).
+            self.tell(p.trial, [0.0, p.second], TrialState.COMPLETE,
+                      {**p.attrs, "skipped": "predicted latency over --max-latency-ms: not trained"})
+            self.new_trials += 1
+            return True
+        prior = self.known.get(_arch_key(p.arch))
+        if prior is not None:
+            copied = {k: prior[k] for k in _DUPLICATE_ATTRS if k in prior}
+            attrs = {**p.attrs, **copied, "duplicate_of": prior["number"]}
+            self.tell(p.trial, [prior["accuracy"], p.second], TrialState.COMPLETE, attrs)
+            self.new_trials += 1
+            return True
+        self.submit(p)
+        return False
+
+    def propose(self) -> Proposal:
+        """Ask the study for a trial, sample its architecture and read its latency from the table."""
+        trial = self.study.ask()
+        arch = self.space.sample(trial)
+        latency = self.predictor.predict(arch)
+        attrs: dict[str, Any] = {"arch": arch.to_dict(), "arch_text": arch.describe(), "predicted_latency_ms": latency,
+                                 "throughput": 1000.0 * self.settings.latency_batch / latency}
+        limit = self.settings.max_latency_ms
+        if limit is not None:
+            attrs["constraint"] = latency - limit
+            attrs["feasible"] = latency <= limit
+        return Proposal(trial, arch, attrs, self._second(attrs))
+
+    def submit(self, p: Proposal) -> None:
+        """Store the attrs known before training on the trial and send its evaluation to the executor."""
+        for key, value in p.attrs.items():
+            p.trial.set_user_attr(key, value)
+        payload = TrialPayload(arch=p.arch, budget=dict(self.budget), seed=self.settings.seed, threads=1,
+                               device="cuda" if self.settings.target == "cuda" else "cpu")
+        self.in_flight[self.executor.submit(evaluate, payload, self.data_ref)] = p.trial
+
+    # ------------------------------------------------------------------------------------------------- record
+    def collect(self, handle: Any) -> None:
+        """Tell the study what the evaluation behind ``handle`` gave: a completed trial or a failed one."""
+        trial = self.in_flight.pop(handle)
+        try:
+            result: TrialResult = self.executor.result(handle)
+        except EvaluationError as err:
+            self.record_failure(trial, str(err), {})
+            return
+        self.eval_seconds += result.eval_seconds
+        if not result.ok:
+            self.record_failure(trial, result.fail_reason, {"proxy": result.proxy})
+            return
+        self.record_result(trial, result)
+
+    def record_result(self, trial: optuna.trial.Trial, result: TrialResult) -> None:
+        attrs = result.attrs()
+        self.tell(trial, [result.accuracy, self._second(trial.user_attrs)], TrialState.COMPLETE, attrs)
+        self.new_trials += 1
+        self.known[_arch_key(ArchConfig.from_dict(trial.user_attrs["arch"]))] = {
+            "number": trial.number, "accuracy": result.accuracy, **attrs}
+        _emit(self.on_event, "complete", {"number": trial.number, "accuracy": result.accuracy})
+        self.view.update(studies.finished_count(self.study), len(self.in_flight), self.failed,
+                         _front_size(self.study))
+
+    def record_failure(self, trial: optuna.trial.Trial, reason: str, attrs: dict[str, Any]) -> None:
+        self.failed += 1
+        self.tell(trial, None, TrialState.FAIL, {"fail_reason": reason, **attrs})
+        _emit(self.on_event, "failed", {"number": trial.number, "reason": reason})
+
+    def tell(self, trial: optuna.trial.Trial, values: list[float] | None, state: TrialState,
+             attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self.study.tell(trial, values, state=state)
+
+    def cancel_all(self, reason: str = "interrupted (Ctrl-C)") -> None:
+        """Stop what is in flight and mark those trials failed with ``reason`` (a later run asks new ones)."""
+        for handle, trial in self.in_flight.items():
+            self.executor.cancel(handle)
+            trial.set_user_attr("fail_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+        self.in_flight.clear()
+
+    def _second(self, attrs: dict[str, Any]) -> float:
+        return attrs["predicted_latency_ms"] if self.settings.objective == "latency" else attrs["throughput"]
+
+
+# -------------------------------------------------------------------------------------------------- run
+def run_search(settings: SearchSettings, *, progress: bool = True,
+               on_event: Callable[[str, dict], None] | None = None) -> SearchSummary:
+    """Run (or resume) a search until ``settings.trials`` trials have finished. See the module docstring."""
+    from hilonas.latency.predictor import LatencyPredictor
+
+    opened = open_search(settings)
+    fingerprint = opened.fingerprint
+    executor = make_executor(settings.executor, settings.workers, ray_address=settings.ray_address,
+                             resources={hardware_resource(fingerprint): 1},
+                             gpus_per_trial=1.0 if settings.target == "cuda" else 0.0)
+    started = time.perf_counter()
+    view: _Progress | None = None
+    loop: SearchLoop | None = None
+    try:
+        table = prepare_table(opened.space, fingerprint, settings.tables_dir, executor, progress)
+        data_ref = executor.put(opened.data)
+        executor.warm_up()
+        view = _Progress(progress, settings.trials, executor.description)
+        view.update(studies.finished_count(opened.study), 0, 0, _front_size(opened.study))
+        loop = SearchLoop(settings, opened, LatencyPredictor(table), executor, data_ref, view, on_event)
+        loop_started = time.perf_counter()
+        loop.run()
+        loop_seconds = time.perf_counter() - loop_started
+    except KeyboardInterrupt:
+        if loop is not None:
+            loop.cancel_all()
+        raise
+    finally:
+        if view is not None:
+            view.close()
+        executor.shutdown()
+    study = opened.study
+    return SearchSummary(study=opened.name, storage=opened.storage_url, finished=studies.finished_count(study),
+                         failed=loop.failed, new_trials=loop.new_trials, wall_seconds=time.perf_counter() - started,
+                         eval_seconds=loop.eval_seconds, front_size=_front_size(study), table=str(table.path),
+                         stale_recovered=opened.stale_recovered, loop_seconds=loop_seconds,
+                         table_measured_on=executor.last_pinned_node)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
 def _front_size(study: optuna.Study) -> int:
     from hilonas.analysis.front import pareto_mask
 
@@ -127,141 +387,6 @@ def _front_size(study: optuna.Study) -> int:
         return 0
     maximize_second = study.directions[1] == optuna.study.StudyDirection.MAXIMIZE
     return int(sum(pareto_mask([r[0] for r in rows], [r[1] for r in rows], maximize_second)))
-
-
-def run_search(settings: SearchSettings, *, progress: bool = True,
-               on_event: Callable[[str, dict], None] | None = None) -> SearchSummary:
-    """Run (or resume) a search until ``settings.trials`` trials have finished. See the module docstring."""
-    settings.check()
-    space = SearchSpace.load(settings.space)
-    name = studies.check_study_name(settings.study_name(space))
-    storage_url = settings.storage or studies.default_storage(name, settings.runs_dir)
-    if settings.resume and not settings.storage:
-        studies.load_existing(name, None, settings.runs_dir)  # one clear line, and no empty study file left behind
-
-    from hilonas.latency.fingerprint import current_fingerprint
-    from hilonas.latency.predictor import LatencyPredictor
-    from hilonas.proxy.data import load_dataset
-    from hilonas.proxy.train import ProxyBudget
-
-    budget = asdict(ProxyBudget(**settings.budget))  # validates the budget before anything starts
-    fingerprint = current_fingerprint(settings.target, threads=settings.latency_threads,
-                                      batch=settings.latency_batch, resolution=int(space.fixed.get("img_size", 224)))
-    data = load_dataset(settings.data, resolution=settings.resolution, seed=settings.seed)
-    storage = studies.open_storage(storage_url)
-    record = {"space": space.name, "space_source": space.source, "target": settings.target,
-              "fingerprint_id": fingerprint.id, "objective": settings.objective,
-              "max_latency_ms": settings.max_latency_ms, "data": data.name, "budget": budget, "seed": settings.seed,
-              "resolution": settings.resolution, "img_size": int(space.fixed.get("img_size", 224)),
-              "fingerprint": fingerprint.to_dict()}
-    study = studies.create_or_resume(name, storage, record, settings.sampler, settings.trials,
-                                     resume_only=settings.resume)
-    stale = studies.recover_stale(study)
-
-    gpus = 1.0 if settings.target == "cuda" else 0.0
-    executor = make_executor(settings.executor, settings.workers, ray_address=settings.ray_address,
-                             resources={hardware_resource(fingerprint): 1}, gpus_per_trial=gpus)
-    started = time.perf_counter()
-    in_flight: dict[Any, optuna.trial.Trial] = {}
-    new_trials = failed = 0
-    eval_seconds = 0.0
-    try:
-        table = prepare_table(space, fingerprint, settings.tables_dir, executor, progress)
-        predictor = LatencyPredictor(table)
-        data_ref = executor.put(data)
-        executor.warm_up()
-        done_by_arch = _known_results(study)
-        max_failures = settings.max_failures if settings.max_failures is not None else 2 * settings.trials + 5
-        view = _Progress(progress, settings.trials, executor.description)
-        view.update(studies.finished_count(study), 0, 0, _front_size(study))
-        loop_started = time.perf_counter()
-
-        def tell(trial: optuna.trial.Trial, values: list[float] | None, state: TrialState, attrs: dict) -> None:
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
-            study.tell(trial, values, state=state)
-
-        while True:
-            finished = studies.finished_count(study)
-            if failed >= max_failures and not in_flight:
-                raise HilonasError(f"{failed} trial evaluations failed (limit {max_failures}); the last reason is "
-                                   f"stored with its trial: inspect with `hilonas results {name}`")
-            while failed < max_failures and len(in_flight) < executor.slots and finished + len(in_flight) < settings.trials:
-                trial = study.ask()
-                arch = space.sample(trial)
-                latency = predictor.predict(arch)
-                attrs = {"arch": arch.to_dict(), "arch_text": arch.describe(), "predicted_latency_ms": latency,
-                         "throughput": 1000.0 * settings.latency_batch / latency}
-                second = latency if settings.objective == "latency" else attrs["throughput"]
-                if settings.max_latency_ms is not None:
-                    attrs["constraint"] = latency - settings.max_latency_ms
-                    attrs["feasible"] = latency <= settings.max_latency_ms
-                    if not attrs["feasible"]:
-                        # Known before training: recorded as infeasible (the constraint keeps it off every front).
-                        attrs["skipped"] = "predicted latency over --max-latency-ms: not trained"
-                        tell(trial, [0.0, second], TrialState.COMPLETE, attrs)
-                        new_trials += 1
-                        finished += 1
-                        continue
-                key = _arch_key(arch)
-                if key in done_by_arch:
-                    prior = done_by_arch[key]
-                    attrs.update({k: prior[k] for k in ("flops", "params", "proxy", "train_seconds") if k in prior})
-                    attrs["duplicate_of"] = prior["number"]
-                    tell(trial, [prior["accuracy"], second], TrialState.COMPLETE, attrs)
-                    new_trials += 1
-                    finished += 1
-                    continue
-                for k, v in attrs.items():
-                    trial.set_user_attr(k, v)
-                payload = {"arch": attrs["arch"], "budget": budget, "seed": settings.seed, "threads": 1,
-                           "device": "cuda" if settings.target == "cuda" else "cpu"}
-                in_flight[executor.submit(evaluate, payload, data_ref)] = trial
-            view.update(finished, len(in_flight), failed, None)
-            if not in_flight:
-                break
-            for handle in executor.wait(list(in_flight)):
-                trial = in_flight.pop(handle)
-                try:
-                    result = executor.result(handle)
-                except EvaluationError as err:
-                    failed += 1
-                    tell(trial, None, TrialState.FAIL, {"fail_reason": str(err)})
-                    _emit(on_event, "failed", {"number": trial.number, "reason": str(err)})
-                    continue
-                eval_seconds += float(result.get("eval_seconds", 0.0))
-                if result["failed"] or result["accuracy"] is None or not math.isfinite(result["accuracy"]):
-                    failed += 1
-                    tell(trial, None, TrialState.FAIL, {"fail_reason": result.get("reason") or "no accuracy",
-                                                        "proxy": result.get("proxy")})
-                    _emit(on_event, "failed", {"number": trial.number, "reason": result.get("reason")})
-                    continue
-                second = trial.user_attrs["predicted_latency_ms"] if settings.objective == "latency" \
-                    else trial.user_attrs["throughput"]
-                attrs = {k: result[k] for k in ("flops", "params", "proxy", "train_seconds", "eval_seconds", "host")}
-                tell(trial, [result["accuracy"], second], TrialState.COMPLETE, attrs)
-                new_trials += 1
-                done_by_arch[_arch_key(ArchConfig.from_dict(trial.user_attrs["arch"]))] = {
-                    "number": trial.number, "accuracy": result["accuracy"], **attrs}
-                _emit(on_event, "complete", {"number": trial.number, "accuracy": result["accuracy"]})
-                view.update(studies.finished_count(study), len(in_flight), failed, _front_size(study))
-        loop_seconds = time.perf_counter() - loop_started
-    except KeyboardInterrupt:
-        for handle, trial in in_flight.items():
-            executor.cancel(handle)
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-            study.tell(trial, state=TrialState.FAIL)
-        in_flight.clear()
-        raise
-    finally:
-        view_close = locals().get("view")
-        if view_close is not None:
-            view_close.close()
-        executor.shutdown()
-    return SearchSummary(study=name, storage=storage_url, finished=studies.finished_count(study), failed=failed,
-                         new_trials=new_trials, wall_seconds=time.perf_counter() - started,
-                         eval_seconds=eval_seconds, front_size=_front_size(study), table=str(table.path),
-                         stale_recovered=stale, loop_seconds=loop_seconds, table_measured_on=getattr(executor, "last_pinned_node", None))
 
 
 def _arch_key(arch: ArchConfig) -> tuple:
@@ -291,8 +416,14 @@ class _Progress:
         self.front = 0
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),

@@ -9,12 +9,13 @@ from typing import Any
 import optuna
 
 from hilonas.errors import HilonasError
+from hilonas.io import DEFAULT_TABLES_DIR
 from hilonas.search import study as studies
-from hilonas.search.objective import evaluate
+from hilonas.search.objective import TrialPayload, evaluate
 from hilonas.spaces import SearchSpace
 
 
-def evaluate_landmarks(study: optuna.Study, tables_dir: str = "latency_tables") -> list[dict[str, Any]]:
+def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR) -> list[dict[str, Any]]:
     """Train and time every reference of the study's space with the study's own settings; store and return them."""
     from hilonas.latency.fingerprint import Fingerprint
     from hilonas.latency.predictor import LatencyPredictor
@@ -38,11 +39,11 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = "latency_tables") 
             records.append({k: v for k, v in old.items() if k not in ("study", "settings")})
             continue  # scored before with the same settings: a study's settings never change
         latency = predictor.predict(arch)
-        result = evaluate({"arch": arch.to_dict(), "budget": settings["budget"], "seed": settings["seed"]}, data)
-        records.append({"number": -1 - len(records), "state": "COMPLETE" if not result["failed"] else "FAIL",
+        result = evaluate(TrialPayload(arch=arch, budget=dict(settings["budget"]), seed=int(settings["seed"])), data)
+        records.append({"number": -1 - len(records), "state": "COMPLETE" if not result.failed else "FAIL",
                         "landmark": label, "arch": arch.to_dict(), "arch_text": arch.describe(),
-                        "accuracy": result["accuracy"], "predicted_latency_ms": latency,
-                        "throughput": 1000.0 * fingerprint.batch / latency, "flops": result["flops"],
-                        "params": result["params"], "feasible": True})
+                        "accuracy": result.accuracy, "predicted_latency_ms": latency,
+                        "throughput": 1000.0 * fingerprint.batch / latency, "flops": result.flops,
+                        "params": result.params, "feasible": True})
     studies.store_landmarks(study, records)
     return records

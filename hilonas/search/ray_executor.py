@@ -7,14 +7,16 @@ dies mid-trial is retried by Ray up to ``MAX_RETRIES`` times, an exception raise
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ray
 
 from hilonas.errors import HilonasError
-from hilonas.search.executors import EvaluationError, Executor
+from hilonas.search.executor_base import EvaluationError, Executor
 
 MAX_RETRIES = 2
 
@@ -34,7 +36,7 @@ def _warm_up() -> int:
     """Import what an evaluation needs, so the first trial of each worker is not charged the imports."""
     import time
 
-    import hilonas.models.flops  # noqa: F401  (torch, fvcore)
+    import hilonas.models.flops  # torch, fvcore
     import hilonas.proxy.train  # noqa: F401
 
     time.sleep(0.5)  # hold the CPU a moment so every slot's task lands on its own worker
@@ -42,9 +44,15 @@ def _warm_up() -> int:
 
 
 class RayExecutor(Executor):
+    """Trials as Ray tasks on a local Ray runtime it starts (``address=None``) or on the cluster at ``address``.
+
+    See :class:`~hilonas.search.executor_base.Executor` for the contract of each method.
+    """
+
     def __init__(self, workers: int, *, address: str | None = None, resources: dict[str, float] | None = None,
                  gpus_per_trial: float = 0.0) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        self.address = address
         self._owns = False
         if not ray.is_initialized():
             try:
@@ -71,13 +79,18 @@ class RayExecutor(Executor):
         self._options = {"num_cpus": 1, "num_gpus": gpus_per_trial, "max_retries": MAX_RETRIES,
                          "retry_exceptions": False}
 
+    @property
+    def is_cluster(self) -> bool:
+        """True when joined to a cluster (``--ray-address``): tasks may run on other machines."""
+        return self.address is not None
+
     def warm_up(self) -> None:
         ray.get([_warm_up.options(num_cpus=1).remote() for _ in range(self.slots)])
 
     def put(self, obj: Any) -> Any:
         return ray.put(obj)
 
-    def submit(self, fn: Callable[..., dict], *args: Any) -> Any:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return _call.options(**self._options).remote(fn, *args)
 
     def wait(self, handles: list[Any]) -> list[Any]:
@@ -86,7 +99,7 @@ class RayExecutor(Executor):
         more, _ = ray.wait([h for h in handles if h not in done], num_returns=len(handles) - len(done), timeout=0)
         return list(done) + list(more)
 
-    def result(self, handle: Any) -> dict:
+    def result(self, handle: Any) -> Any:
         try:
             return ray.get(handle)
         except ray.exceptions.RayTaskError as err:
@@ -96,10 +109,8 @@ class RayExecutor(Executor):
             raise EvaluationError(f"worker lost after {MAX_RETRIES} retries: {type(err).__name__}") from None
 
     def cancel(self, handle: Any) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already finished or gone
             ray.cancel(handle, force=True)
-        except Exception:  # already finished or gone
-            pass
 
     def run_pinned(self, fn: Callable[..., Any], *args: Any, resource: str | None = None, cpus: int = 1) -> Any:
         opts: dict[str, Any] = {"num_cpus": cpus, "max_retries": MAX_RETRIES}

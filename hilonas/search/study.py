@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hilonas.errors import HilonasError
+from hilonas.io import DEFAULT_RUNS_DIR
 
 SAMPLERS = ("nsga2", "tpe", "random")
 OBJECTIVES = ("latency", "throughput")
@@ -34,7 +35,7 @@ def check_study_name(name: str) -> str:
     return name
 
 
-def default_storage(name: str, runs_dir: str | Path = "runs") -> str:
+def default_storage(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
     return f"sqlite:///{Path(runs_dir) / name / 'study.db'}"
 
 
@@ -124,7 +125,7 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def list_studies(runs_dir: str | Path = "runs") -> list[dict[str, Any]]:
+def list_studies(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[dict[str, Any]]:
     """Every study under ``runs/<name>/study.db`` with its trial counts and settings."""
     out = []
     for db in sorted(Path(runs_dir).glob("*/study.db")):
@@ -140,7 +141,7 @@ def list_studies(runs_dir: str | Path = "runs") -> list[dict[str, Any]]:
     return out
 
 
-def load_existing(name: str, storage_url: str | None, runs_dir: str | Path = "runs") -> optuna.Study:
+def load_existing(name: str, storage_url: str | None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> optuna.Study:
     """Load a study for reading (results, pareto, export); one clear line when it is not there."""
     url = storage_url or default_storage(name, runs_dir)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
@@ -165,7 +166,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                     "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None,
-                    **{k: v for k, v in t.user_attrs.items()}, "settings": settings})
+                    **t.user_attrs, "settings": settings})
     return out
 
 
@@ -181,3 +182,18 @@ def landmark_records(study: optuna.Study) -> list[dict[str, Any]]:
 
 def store_landmarks(study: optuna.Study, records: list[dict[str, Any]]) -> None:
     study.set_user_attr(LANDMARKS_ATTR, json.dumps(records))
+
+
+def study_results(names: list[str], storage_url: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
+                  with_landmarks: bool = False) -> tuple[Any, Any]:
+    """(trials DataFrame, landmarks DataFrame or None) of the named studies (see
+    :func:`hilonas.analysis.results.results_frame`); a missing study raises HilonasError naming it."""
+    from hilonas.analysis.results import results_frame
+
+    records: list[dict[str, Any]] = []
+    marks: list[dict[str, Any]] = []
+    for name in names:
+        study = load_existing(name, storage_url, runs_dir)
+        records += trial_records(study)
+        marks += landmark_records(study) if with_landmarks else []
+    return results_frame(records), (results_frame(marks) if marks else None)

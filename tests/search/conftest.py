@@ -1,22 +1,75 @@
-"""Shared pieces of the search tests: a tiny space at 32 px whose latency table builds in seconds."""
+"""Shared pieces of the search tests: a tiny space at 32 px and its latency table, measured once per session.
+
+The table is built once (fast timing: it is a fixture, not a measurement anyone reads) and copied into every test's
+own ``latency_tables/``, so ``ensure_table`` finds it complete and the searches measure nothing.
+"""
+import shutil
+
 import pytest
 import yaml
 
-TINY_SPACE = {
-    "name": "test_tiny",
-    "fixed": {"img_size": 32, "patch_size": 4, "num_classes": 10},
-    "stages": [
-        {"depth": [1, 2], "dim": [8, 16], "mlp_ratio": 2, "mixer": "none"},
-        {"depth": 1, "dim": [16, 32], "heads": 2, "mlp_ratio": 2, "mixer": "hilo", "alpha": 0.5, "window": [1, 2]},
-    ],
-}
+from ..shared import FAST, TINY_SPACE
+
 FAST_BUDGET = {"steps": 3, "batch_size": 16}
+# Timing settings of the session's table: one quick pass per block, three calibration networks.
+FAST_TIMING = {k: v for k, v in FAST.items() if k != "group"}
+FAST_CALIB_NETWORKS = 3
+
+
+def tiny_fingerprint():
+    """The target every search test uses (run_search's defaults: cpu, 1 thread, batch 1, the space's 32 px)."""
+    from hilonas.latency.fingerprint import current_fingerprint
+
+    return current_fingerprint("cpu", threads=1, batch=1, resolution=TINY_SPACE["fixed"]["img_size"])
+
+
+def write_space(folder):
+    (folder / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    return folder / "space.yaml"
+
+
+@pytest.fixture(scope="session")
+def fast_table(tmp_path_factory):
+    """Path of the tiny space's complete latency table on this CPU, built once per session with fast timing."""
+    from hilonas.latency.build import build_table
+    from hilonas.latency.table import table_path
+    from hilonas.spaces import SearchSpace
+
+    folder = tmp_path_factory.mktemp("fast_table")
+    space = SearchSpace.load(str(write_space(folder)))
+    fp = tiny_fingerprint()
+    build_table(space, fp, tables_dir=folder / "latency_tables", calib_networks=FAST_CALIB_NETWORKS,
+                progress=False, **FAST_TIMING)
+    path = table_path(fp, folder / "latency_tables")
+    assert path.is_file()
+    return path
+
+
+def copy_table(fast_table, workdir):
+    """Put the session's table into ``workdir/latency_tables/``; returns the copy's path."""
+    dest = workdir / "latency_tables" / fast_table.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fast_table, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def target_fp():
+    """The fingerprint of the search tests' target (see :func:`tiny_fingerprint`)."""
+    return tiny_fingerprint()
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A folder with the tiny space; runs/ and latency_tables/ are created inside it."""
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+def put_table(fast_table):
+    """put_table(folder) -> copies the session's table into ``folder/latency_tables/`` and returns the copy."""
+    return lambda folder: copy_table(fast_table, folder)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, fast_table):
+    """A folder with the tiny space and its complete latency table; runs/ is created inside it."""
+    write_space(tmp_path)
+    copy_table(fast_table, tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -38,11 +91,12 @@ def make_settings(workdir, **kw):
 
 
 @pytest.fixture(scope="module")
-def export_study(tmp_path_factory):
+def export_study(tmp_path_factory, fast_table):
     """A folder holding a finished 4-trial study 'ex' of the tiny space (runs/ex/study.db) and its table."""
     from hilonas.search.driver import run_search
 
     workdir = tmp_path_factory.mktemp("export")
-    (workdir / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    write_space(workdir)
+    copy_table(fast_table, workdir)
     run_search(make_settings(workdir, trials=4, workers=1, executor="local", study="ex"), progress=False)
     return workdir

@@ -1,5 +1,8 @@
-"""A real two-node Ray cluster on this machine: the search joins it and the latency work lands on the node that
-declares the target's hardware resource."""
+"""Cluster routing: the search joins a Ray cluster, the latency work lands on the node that declares the target's
+hardware resource, and the table comes back to the driver as text merged into its own file.
+
+The first test fakes the cluster in-process (a node with its own disk); the second is a real two-node Ray cluster.
+"""
 import json
 import os
 import socket
@@ -9,9 +12,53 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from hilonas.search.executor_base import LocalExecutor
 
 RAY = str(Path(sys.executable).parent / "ray")
+
+
+class FakeCluster(LocalExecutor):
+    """Trials run in-process; ``run_pinned`` runs on a 'node' whose tables live in another folder (its own disk)."""
+
+    is_cluster = True
+    description = "fake cluster"
+
+    def __init__(self, node_dir):
+        super().__init__()
+        self.node_dir = node_dir
+        self.pinned = []
+
+    def run_pinned(self, fn, *args, resource=None, cpus=1):
+        self.pinned.append((fn.__name__, resource, cpus))
+        self.last_pinned_node = "fake-node"
+        space, fingerprint, _driver_tables = args
+        return fn(space, fingerprint, str(self.node_dir))
+
+
+def test_cluster_table_comes_back_as_text_and_is_merged(workdir, settings, put_table, target_fp, monkeypatch,
+                                                         tmp_path_factory):
+    import hilonas.search.driver as driver
+    from hilonas.latency.build import table_complete
+    from hilonas.latency.table import LatencyTable
+    from hilonas.spaces import SearchSpace
+
+    node = tmp_path_factory.mktemp("node") / "latency_tables"
+    node_table = put_table(node.parent)  # the node has the complete table; the driver has none yet
+    local = workdir / "latency_tables" / node_table.name
+    local.unlink()
+    cluster = FakeCluster(node)
+    monkeypatch.setattr(driver, "make_executor", lambda *a, **k: cluster)
+    summary = driver.run_search(settings(workdir, trials=2, workers=1), progress=False)
+    assert summary.finished == 2 and summary.table_measured_on == "fake-node"
+    fp = target_fp
+    assert cluster.pinned == [("_ensure_table_task", driver.hardware_resource(fp), fp.threads)]
+    assert local.is_file() and summary.table == str(local)
+    got, sent = LatencyTable.load(local, expect=fp), LatencyTable.load(node_table, expect=fp)
+    assert got.entries == sent.entries and got.calibration == sent.calibration
+    assert table_complete(SearchSpace.load(str(workdir / "space.yaml")), fp, got)
+    # Complete here: nothing is sent to the node again.
+    driver.run_search(settings(workdir, trials=3, workers=1), progress=False)
+    assert len(cluster.pinned) == 1
 
 
 def free_port() -> int:
@@ -20,13 +67,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_search_on_two_node_cluster(workdir):
+def drop_entries(path, n):
+    """Remove ``n`` entries from a table file, so a search must measure them."""
+    doc = json.loads(path.read_text())
+    for kid in sorted(doc["entries"])[:n]:
+        del doc["entries"][kid]
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.slow
+def test_search_on_two_node_cluster(workdir, settings, target_fp):
     import ray
 
-    from hilonas.latency.fingerprint import current_fingerprint
-    from hilonas.search.driver import hardware_resource
+    from hilonas.search.driver import hardware_resource, run_search
 
-    resource = hardware_resource(current_fingerprint("cpu", threads=1, batch=1, resolution=32))
+    resource = hardware_resource(target_fp)
+    table = next((workdir / "latency_tables").glob("*.json"))
+    drop_entries(table, 2)  # two blocks to measure, on the node with the resource
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
@@ -36,22 +93,18 @@ def test_search_on_two_node_cluster(workdir):
                        check=True, env=env, capture_output=True, timeout=120)
         subprocess.run([RAY, "start", "--address", address, "--resources", json.dumps({resource: 1}), *common],
                        check=True, env=env, capture_output=True, timeout=120)
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=False)
         try:
             nodes = [n for n in ray.nodes() if n["Alive"]]
             assert len(nodes) == 2
             hw_node = next(n["NodeID"] for n in nodes if resource in n["Resources"])
+            # In-process driver, joined to the cluster (a joined runtime is left running by the executor).
+            summary = run_search(settings(workdir, study="c", trials=3, workers=2, ray_address=address),
+                                 progress=False)
         finally:
             ray.shutdown()
-        cmd = [sys.executable, "-m", "hilonas.cli", "search", "--space", str(workdir / "space.yaml"), "--study", "c",
-               "--trials", "3", "--workers", "2", "--steps", "3", "--batch-size", "16", "--resolution", "16",
-               "--sampler", "random", "--ray-address", address, "--no-progress", "--json",
-               "--tables", str(workdir / "latency_tables"), "--runs", str(workdir / "runs")]
-        out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        summary = json.loads(out.stdout)
-        assert summary["finished"] == 3
-        assert summary["table_measured_on"] == hw_node  # the blocks were measured on the node with the resource
-        assert list((workdir / "latency_tables").glob("*.json")), "the driver keeps the table it got back"
+        assert summary.finished == 3
+        assert summary.table_measured_on == hw_node  # the blocks were measured on the node with the resource
+        assert len(json.loads(table.read_text())["entries"]) > 0
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
