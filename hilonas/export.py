@@ -21,6 +21,7 @@ import pandas as pd
 from hilonas import __version__
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
+from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write
 
 WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
 
@@ -82,7 +83,7 @@ def knee_index(latency: list[float], accuracy: list[float]) -> int:
 def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, *, weights: bool = False,
                  onnx: bool = False, measure: bool = True, epochs: float | None = None,
                  data_spec: str | None = None, force: bool = False,
-                 tables_dir: str | Path = "latency_tables") -> dict[str, Any]:
+                 tables_dir: str | Path = DEFAULT_TABLES_DIR) -> dict[str, Any]:
     """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written.
 
     An existing non-empty ``out_dir`` is refused unless ``force``, which replaces it only once the new export is
@@ -124,8 +125,8 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
         doc = {"arch": arch.to_dict(), "provenance": provenance}
         import yaml
 
-        (tmp / "arch.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False,
-                                                      default_flow_style=None))
+        atomic_write(tmp / "arch.yaml", yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False,
+                                                       default_flow_style=None))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -140,11 +141,35 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
     return provenance
 
 
+def export_from_study(study: str, out_dir: str | Path | None = None, *, storage: str | None = None,
+                      runs_dir: str | Path = DEFAULT_RUNS_DIR, trial: int | None = None,
+                      max_latency_ms: float | None = None, min_accuracy: float | None = None, knee: bool = False,
+                      **kwargs: Any) -> tuple[pd.Series, Path, dict[str, Any]]:
+    """Pick a trial of ``study`` (see :func:`select_trial`) and export it (see :func:`export_trial`).
+
+    ``out_dir`` defaults to ``<runs_dir>/<study>/export-trial<N>``; ``kwargs`` go to :func:`export_trial`. Returns
+    (the trial's results row, the folder written, the provenance); when the latency was re-measured, the provenance's
+    ``measurement`` also holds ``error`` (measured / predicted - 1).
+    """
+    from hilonas.search.study import load_existing, study_results, study_settings
+
+    opened = load_existing(study, storage, runs_dir)
+    df, _ = study_results([study], storage, runs_dir)
+    row = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, knee=knee)
+    target = Path(out_dir) if out_dir is not None else Path(runs_dir) / study / f"export-trial{int(row['number'])}"
+    prov = export_trial(row, study_settings(opened), target, **kwargs)
+    m = prov.get("measurement", {})
+    if m.get("measured"):
+        m["error"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0
+    return row, target, prov
+
+
 def _int(value: Any) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
 
 
-def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path = "latency_tables") -> dict[str, Any]:
+def remeasure(arch: ArchConfig, settings: dict[str, Any],
+              tables_dir: str | Path = DEFAULT_TABLES_DIR) -> dict[str, Any]:
     """Measure the network whole on this machine when it is the study's target, with the protocol and the figure
     (fastest pass or median) of the table the prediction came from; say so when this machine is not the target."""
     from hilonas.latency.fingerprint import Fingerprint, current_fingerprint

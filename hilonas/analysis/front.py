@@ -5,7 +5,7 @@ throughput (maximised). Infeasible points (over a latency limit) never enter a f
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def pareto_mask(accuracy: Sequence[float], second: Sequence[float], maximize_second: bool = False,

@@ -5,13 +5,13 @@ Drawing only: the data (trials, fronts, landmarks) comes from :mod:`hilonas.anal
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from hilonas.errors import HilonasError
+from hilonas.io import atomic_write
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 
@@ -26,10 +26,19 @@ def _hover(row: pd.Series) -> str:
             f"FLOPs {flops} · params {params}")
 
 
+X_AXES = ("latency", "throughput")
+
+
+def check_axis(x: str) -> str:
+    """``x`` when it is one of :data:`X_AXES`; a HilonasError naming ``--x`` otherwise."""
+    if x not in X_AXES:
+        raise HilonasError(f"--x={x!r} is unknown: use {' or '.join(X_AXES)}")
+    return x
+
+
 def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: str = "latency") -> go.Figure:
     """Every trial (dominated ones faint), each study's front as a step line, limits and landmarks."""
-    if x not in ("latency", "throughput"):
-        raise HilonasError(f"--x={x!r} is unknown: use latency or throughput")
+    check_axis(x)
     col = "latency_ms" if x == "latency" else "throughput"
     fig = go.Figure()
     done = df[(df["state"] == "COMPLETE") & df["accuracy"].notna() & df["latency_ms"].notna()]
@@ -78,15 +87,7 @@ def write_html(fig: go.Figure, path: str | Path) -> Path:
     path = Path(path)
     _check_dir(path)
     html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="pareto")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, html)
 
 
 def write_png(fig: go.Figure, path: str | Path, width: int = 1100, height: int = 700) -> Path:
@@ -99,10 +100,7 @@ def write_png(fig: go.Figure, path: str | Path, width: int = 1100, height: int =
         raise HilonasError(f"--png {path}: static export needs kaleido and a Chromium browser "
                            f"({str(err).splitlines()[0][:120]}); install Debian's chromium, or use the HTML page") \
             from None
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, data)
 
 
 def _check_dir(path: Path) -> None:

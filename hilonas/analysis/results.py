@@ -1,14 +1,19 @@
 """Results of one or more studies as a pandas DataFrame: one row per trial, objectives, feasibility, front membership.
 
-Input is the plain records of :func:`hilonas.search.study.trial_records` (so this module never imports optuna).
+Input is the plain records of :func:`hilonas.search.study.trial_records` (so this module never imports optuna);
+:func:`hilonas.search.study.study_results` reads them from a study's storage into this frame.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from hilonas.analysis.front import pareto_mask
+from hilonas.errors import HilonasError
+from hilonas.io import atomic_write
 
 COLUMNS = ["study", "target", "number", "state", "accuracy", "latency_ms", "throughput", "feasible", "on_front",
            "flops", "params", "arch_text", "train_seconds", "duplicate_of", "skipped", "fail_reason", "landmark"]
@@ -43,7 +48,7 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
     df["on_front"] = False
-    for study, part in df.groupby("study", sort=False):
+    for _, part in df.groupby("study", sort=False):
         ok = part["feasible"] & part["accuracy"].notna() & part["latency_ms"].notna() & part["landmark"].isna()
         cand = part[ok]
         if cand.empty:
@@ -57,3 +62,29 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def front(df: pd.DataFrame) -> pd.DataFrame:
     """The front members, fastest first."""
     return df[df["on_front"]].sort_values(["study", "latency_ms"], kind="stable")
+
+
+def write_trials(df: pd.DataFrame, path: str | Path, kind: str = "csv") -> int:
+    """Write every trial of ``df`` (without the nested ``arch`` column) to ``path`` atomically; returns the rows.
+
+    ``kind`` is ``csv`` or ``parquet`` (needs pyarrow). The folder must exist.
+
+    Raises:
+        HilonasError: naming ``--csv``/``--parquet`` and the path, for a missing folder or a missing pyarrow.
+    """
+    path = Path(path)
+    if kind not in ("csv", "parquet"):
+        raise HilonasError(f"kind={kind!r} is unknown: use csv or parquet")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise HilonasError(f"--{kind} {path}: folder {parent} does not exist: create it first")
+    out = df.drop(columns=["arch"], errors="ignore")
+    if kind == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise HilonasError("--parquet needs pyarrow (pip install pyarrow); use --csv instead") from None
+        atomic_write(path, lambda tmp: out.to_parquet(tmp, index=False))
+    else:
+        atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
+    return len(out)

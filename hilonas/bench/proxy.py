@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
@@ -115,40 +116,17 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
     from hilonas.proxy.train import DEFAULT_BUDGET
     from hilonas.spaces import SearchSpace
 
-    if n < 3:
-        raise HilonasError(f"--n={n}: rank correlations need at least 3 architectures (16 or more to mean much)")
-    if workers < 1 or threads < 1:
-        raise HilonasError("--workers and --threads must be >= 1")
-    if reference_seeds < 1:
-        raise HilonasError(f"--reference-seeds={reference_seeds} must be >= 1")
-    if not reference_factor > 1:
-        raise HilonasError(f"--reference-factor={reference_factor} must be > 1")
+    _check_args(n, workers, threads, reference_seeds, reference_factor)
     budget = DEFAULT_BUDGET if budget is None else budget
     sp = SearchSpace.load(space)
     archs = sp.random_archs(n, seed)
-    budgets: dict[str, Any] = {"default": budget}
-    for e in extra_epochs:
-        if not e > 0:
-            raise HilonasError(f"--extra-epochs {e}: epochs must be > 0")
-        name = f"train_{e:g}ep"
-        if budget.steps is None and math.isclose(e, budget.epochs):
-            continue
-        budgets[name] = replace(budget, epochs=float(e), steps=None)
+    budgets = _budgets(budget, extra_epochs)
     reference = budget.scaled(reference_factor)
     setup = {"space": sp.name, "data": data or "default", "resolution": resolution, "seed": seed,
              "budgets": {k: _budget_dict(v) for k, v in budgets.items()}, "reference": _budget_dict(reference),
              "reference_seeds": reference_seeds, "val_fraction": val_fraction}
-
-    done: dict[str, dict] = {}
     log_path = Path(log) if log else None
-    if log_path is not None and log_path.exists():
-        for line in log_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("setup") == setup:
-                done[json.dumps(rec["arch"], sort_keys=True)] = rec
+    done = _read_log(log_path, setup)
     todo = [a for a in archs if json.dumps(a.to_dict(), sort_keys=True) not in done]
     say = progress or (lambda _line: None)
     t_start = time.perf_counter()
@@ -163,23 +141,66 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         say(f"[{len(done)}/{len(archs)}] {rec['describe']}: default {s['default']:.3f} reference "
             f"{s['reference']:.3f} ({rec['seconds']['default']:.1f} s + {rec['seconds']['reference']:.1f} s)")
 
-    if todo:
-        if workers == 1:
-            _init_worker(data, resolution, seed, val_fraction)
-            for arch in todo:
-                finish(_score_arch(arch.to_dict(), budgets, reference, seed, threads, reference_seeds))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(data, resolution, seed, val_fraction)) as pool:
-                futures = [pool.submit(_score_arch, a.to_dict(), budgets, reference, seed, threads, reference_seeds)
-                           for a in todo]
-                for fut in as_completed(futures):
-                    finish(fut.result())
+    jobs = [(a.to_dict(), budgets, reference, seed, threads, reference_seeds) for a in todo]
+    _score_all(jobs, workers, (data, resolution, seed, val_fraction), finish)
     records = [done[json.dumps(a.to_dict(), sort_keys=True)] for a in archs]
     return _report(records, setup, budget, reference, reference_factor, workers, threads, time.perf_counter() - t_start)
+
+
+def _check_args(n: int, workers: int, threads: int, reference_seeds: int, reference_factor: float) -> None:
+    if n < 3:
+        raise HilonasError(f"--n={n}: rank correlations need at least 3 architectures (16 or more to mean much)")
+    if workers < 1 or threads < 1:
+        raise HilonasError("--workers and --threads must be >= 1")
+    if reference_seeds < 1:
+        raise HilonasError(f"--reference-seeds={reference_seeds} must be >= 1")
+    if not reference_factor > 1:
+        raise HilonasError(f"--reference-factor={reference_factor} must be > 1")
+
+
+def _budgets(budget: Any, extra_epochs: Sequence[float]) -> dict[str, Any]:
+    """The proxies that train: the default budget and one per extra epoch count (the default's own skipped)."""
+    budgets: dict[str, Any] = {"default": budget}
+    for e in extra_epochs:
+        if not e > 0:
+            raise HilonasError(f"--extra-epochs {e}: epochs must be > 0")
+        if budget.steps is None and math.isclose(e, budget.epochs):
+            continue
+        budgets[f"train_{e:g}ep"] = replace(budget, epochs=float(e), steps=None)
+    return budgets
+
+
+def _read_log(log_path: Path | None, setup: dict[str, Any]) -> dict[str, dict]:
+    """Records of an earlier run with the same setup, by architecture (unreadable lines skipped)."""
+    done: dict[str, dict] = {}
+    if log_path is None or not log_path.exists():
+        return done
+    for line in log_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("setup") == setup:
+            done[json.dumps(rec["arch"], sort_keys=True)] = rec
+    return done
+
+
+def _score_all(jobs: list[tuple], workers: int, init_args: tuple, finish: Callable[[dict], None]) -> None:
+    """Score every job (``_score_arch``'s arguments) in this process or in ``workers`` spawned processes."""
+    if not jobs:
+        return
+    if workers == 1:
+        _init_worker(*init_args)
+        for job in jobs:
+            finish(_score_arch(*job))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=init_args) as pool:
+        for fut in as_completed([pool.submit(_score_arch, *job) for job in jobs]):
+            finish(fut.result())
 
 
 def _budget_dict(b: Any) -> dict[str, Any]:
@@ -221,7 +242,8 @@ def _report(records: list[dict], setup: dict, budget: Any, reference: Any, refer
         "reference_seed_agreement": agreement,
         "reference_accuracy": {"min": min(ref), "max": max(ref), "mean": sum(ref) / len(ref)},
         "proxies": proxies, "failed_trainings": failed, "workers": workers, "threads": threads,
-        "wall_seconds": wall, **{k: v for k, v in setup.items() if k not in ("budgets", "reference", "reference_seeds")},
+        "wall_seconds": wall,
+        **{k: v for k, v in setup.items() if k not in ("budgets", "reference", "reference_seeds")},
         "archs": [{"arch": r["describe"], "scores": r["scores"], "seconds": r["seconds"]} for r in records],
     }
 

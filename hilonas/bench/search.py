@@ -10,9 +10,22 @@ import tempfile
 import time
 from typing import Any
 
+from hilonas.errors import HilonasError
+from hilonas.io import DEFAULT_TABLES_DIR
+
 
 def run_search_bench(space: str = "litv2_tiny", trials: int = 8, steps: int | None = 60, seed: int = 0,
-                     tables_dir: str = "latency_tables", data: str | None = None) -> dict[str, Any]:
+                     tables_dir: str = DEFAULT_TABLES_DIR, data: str | None = None) -> dict[str, Any]:
+    """Run the same search with 1 and with 2 workers (random sampler, ``steps`` proxy steps per trial); return the
+    per-run figures, both overhead shares and the 2-worker speed-up.
+
+    Raises:
+        HilonasError: ``trials`` < 2 (2 workers need something to share) or ``steps`` < 1.
+    """
+    if trials < 2:
+        raise HilonasError(f"--trials={trials} must be >= 2 so that 2 workers have something to share")
+    if steps is not None and steps < 1:
+        raise HilonasError(f"--steps={steps} must be >= 1")
     from hilonas.search.driver import SearchSettings, run_search
 
     out: dict[str, Any] = {"space": space, "trials": trials, "steps": steps, "runs": {}}

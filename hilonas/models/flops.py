@@ -67,7 +67,7 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | tuple) -> FlopReport:
     model.eval()
     try:
         analysis = FlopCountAnalysis(model, inputs)
-        analysis.set_op_handle(**{op: sdpa_flop_jit for op in SDPA_OPS})
+        analysis.set_op_handle(**dict.fromkeys(SDPA_OPS, sdpa_flop_jit))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         total = int(analysis.total())
         by_module = {k: int(v) for k, v in analysis.by_module().items()}
@@ -86,3 +86,32 @@ def arch_flops(arch: ArchConfig, batch: int = 1) -> FlopReport:
     model = HiLoNet(arch)
     x = torch.zeros(batch, arch.in_chans, arch.img_size, arch.img_size)
     return count_flops(model, x)
+
+
+def flops_summary(config: Any, img_size: int | None = None, *, time_forward: bool = False,
+                  threads: int = 1) -> dict[str, Any]:
+    """What ``hilonas flops`` prints: params, FLOPs and FLOPs by stage of a variant name, config file or ArchConfig,
+    at ``img_size`` (default: its own), and with ``time_forward`` the median forward time (batch 1, ``threads``).
+
+    Raises:
+        HilonasError: an unknown variant or file, or an ``img_size`` the architecture cannot take.
+    """
+    import dataclasses
+
+    from hilonas.config import resolve_arch
+    from hilonas.models import HiLoNet
+
+    arch = resolve_arch(config)
+    if img_size is not None:
+        arch = dataclasses.replace(arch, img_size=img_size).validate()
+    model = HiLoNet(arch).eval()
+    x = torch.zeros(1, arch.in_chans, arch.img_size, arch.img_size)
+    report = count_flops(model, x)
+    out = {"config": str(config), "arch": arch.describe(), "img_size": arch.img_size, "params": report.params,
+           "flops": report.total, "flops_by_stage": report.stage_flops()}
+    if time_forward:
+        from hilonas.latency.timing import time_module
+
+        t = time_module(model, x, threads=threads, warmup=3, repeats=10)
+        out["forward_ms"] = {"median": t.median_ms, "spread": t.spread, "runs": t.runs, "threads": t.threads}
+    return out

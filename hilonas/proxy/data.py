@@ -17,9 +17,9 @@ Nothing is downloaded. The spec given to :func:`load_dataset` selects the source
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

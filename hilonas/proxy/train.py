@@ -75,7 +75,7 @@ class ProxyBudget:
         per_epoch = max(num_train // self.batch_size, 1)
         return max(int(round(self.epochs * per_epoch)), 1)
 
-    def scaled(self, factor: float) -> "ProxyBudget":
+    def scaled(self, factor: float) -> ProxyBudget:
         """The same recipe trained ``factor`` times longer (the bench's reference is ``scaled(10)``)."""
         if self.steps is not None:
             return dataclasses.replace(self, steps=max(int(round(self.steps * factor)), 1))
@@ -194,62 +194,16 @@ def train_proxy(arch: ArchConfig, data: ProxyData, budget: ProxyBudget = DEFAULT
     from hilonas.models import HiLoNet
 
     arch = adapt_arch(arch, data)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise HilonasError(f"device={device!r} is unknown: use cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HilonasError(f"device={device!r}: no CUDA device is visible here; use cpu")
+    dev = _device(device)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise HilonasError(f"threads={threads!r} must be an integer >= 1")
-    total = budget.total_steps(data.num_train)
-    warmup_steps = int(round(budget.warmup * total))
+    bs = min(budget.batch_size, data.num_train)
     start = time.perf_counter()
     with num_threads(threads), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         model = HiLoNet(arch).to(dev)
         params = sum(p.numel() for p in model.parameters())
-        gen = torch.Generator().manual_seed(seed + 1)
-        optimizer = torch.optim.AdamW(_param_groups(model, budget.weight_decay), lr=budget.lr, betas=(0.9, 0.999))
-        scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
-        train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
-        n = data.num_train
-        bs = min(budget.batch_size, n)
-        losses: list[float] = []
-        failed, reason = False, None
-        order = torch.empty(0, dtype=torch.long)
-        pos = 0
-        model.train()
-        step = 0
-        try:
-            for step in range(total):
-                if pos + bs > n or order.numel() == 0:
-                    order, pos = torch.randperm(n, generator=gen), 0
-                idx = order[pos:pos + bs]
-                pos += bs
-                idx = idx.to(dev)
-                xb, yb = train_x[idx], train_y[idx]
-                if budget.augment:
-                    xb = _augment(xb, gen, data.hflip)  # random draws on the CPU generator, so CPU runs repeat
-                for group in optimizer.param_groups:
-                    group["lr"] = budget.lr * _lr_factor(step, total, warmup_steps)
-                with _autocast(dev):
-                    logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=budget.label_smoothing)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    failed, reason = True, f"training loss became {value} at step {step + 1} of {total}"
-                    break
-                losses.append(value)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-        except torch.OutOfMemoryError as err:
-            failed, reason = True, f"out of memory at step {step + 1} of {total}: {str(err).splitlines()[0]}"
-        steps_done = len(losses)
+        losses, failed, reason = _train_steps(model, data, budget, dev, torch.Generator().manual_seed(seed + 1))
         train_seconds = time.perf_counter() - start
         accuracy, val_loss = 0.0, float("nan")
         if not failed:
@@ -262,12 +216,68 @@ def train_proxy(arch: ArchConfig, data: ProxyData, budget: ProxyBudget = DEFAULT
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         used_threads = torch.get_num_threads()
     seconds = time.perf_counter() - start
+    steps_done = len(losses)
     return ProxyResult(
         accuracy=float(accuracy), val_loss=float(val_loss) if math.isfinite(val_loss) else None,
         loss_curve=_curve(losses), seconds=seconds, train_seconds=train_seconds,
         images_per_s=steps_done * bs / train_seconds if train_seconds > 0 else 0.0, steps=steps_done,
-        epochs=steps_done * bs / n, failed=failed, reason=reason, params=params, device=str(dev),
+        epochs=steps_done * bs / data.num_train, failed=failed, reason=reason, params=params, device=str(dev),
         threads=used_threads, seed=seed, state_dict=state)
+
+
+def _device(device: str) -> torch.device:
+    """The torch device for ``device``; HilonasError for an unknown one or CUDA where none is visible."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise HilonasError(f"device={device!r} is unknown: use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HilonasError(f"device={device!r}: no CUDA device is visible here; use cpu")
+    return dev
+
+
+def _train_steps(model: torch.nn.Module, data: ProxyData, budget: ProxyBudget, dev: torch.device,
+                 gen: torch.Generator) -> tuple[list[float], bool, str | None]:
+    """The training loop: ``budget``'s steps of AdamW with warm-up and decay. Returns the losses and whether (and
+    why) the run failed: a non-finite loss stops it, as does running out of device memory."""
+    total = budget.total_steps(data.num_train)
+    warmup_steps = int(round(budget.warmup * total))
+    optimizer = torch.optim.AdamW(_param_groups(model, budget.weight_decay), lr=budget.lr, betas=(0.9, 0.999))
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+    n = data.num_train
+    bs = min(budget.batch_size, n)
+    losses: list[float] = []
+    order = torch.empty(0, dtype=torch.long)
+    pos = step = 0
+    model.train()
+    try:
+        for step in range(total):
+            if pos + bs > n or order.numel() == 0:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos:pos + bs].to(dev)
+            pos += bs
+            xb, yb = train_x[idx], train_y[idx]
+            if budget.augment:
+                xb = _augment(xb, gen, data.hflip)  # random draws on the CPU generator, so CPU runs repeat
+            for group in optimizer.param_groups:
+                group["lr"] = budget.lr * _lr_factor(step, total, warmup_steps)
+            with _autocast(dev):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=budget.label_smoothing)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return losses, True, f"training loss became {value} at step {step + 1} of {total}"
+            losses.append(value)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    except torch.OutOfMemoryError as err:
+        return losses, True, f"out of memory at step {step + 1} of {total}: {str(err).splitlines()[0]}"
+    return losses, False, None
 
 
 def _curve(losses: list[float]) -> list[float]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import torch
 import torch.nn.functional as F

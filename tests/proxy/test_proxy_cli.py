@@ -52,8 +52,11 @@ def test_train_saves_weights_and_config(tmp_path, capsys):
     (["train", "missing.yaml"], "missing.yaml"),
     (["train", "litv2_s", "--data", "/no/such/folder"], "/no/such/folder"),
     (["train", "litv2_s", "--data", "cifar10:/no/such/folder"], "/no/such/folder"),
-    (["train", "litv2_s", "--epochs", "0"], "--epochs"),
-    (["train", "litv2_s", "--resolution", "2"], "--resolution"),
+    (["train", "litv2_s", "--epochs", "0"], "epochs=0"),
+    (["train", "litv2_s", "--resolution", "2"], "resolution=2"),
+    (["train", "litv2_s", "--data", "digits", "--resolution", "16", "--threads", "0"], "threads=0"),
+    (["train", "litv2_s", "--data", "digits", "--resolution", "16", "--device", "tpu"], "device='tpu'"),
+    (["bench", "proxy", "--epochs", "0"], "epochs=0"),
     (["bench", "proxy", "--n", "2"], "--n=2"),
     (["bench", "proxy", "--extra-epochs", "1,x"], "--extra-epochs"),
     (["bench", "proxy", "--space", "nope"], "nope"),
@@ -67,9 +70,15 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path, monkey
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
+def test_train_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code, _, stderr = _run(["train", "litv2_s", "--out", str(tmp_path / "afile")], capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "--out" in stderr and "afile" in stderr, stderr
+
+
 def test_bench_proxy_json(micro_space, capsys):
-    code, stdout, _ = _run(["bench", "proxy", "--space", str(micro_space), "--n", "3", "--data", "digits", "--resolution",
-                            "16", "--epochs", "0.05", "--reference-factor", "2", "--json"], capsys)
+    code, stdout, _ = _run(["bench", "proxy", "--space", str(micro_space), "--n", "3", "--data", "digits",
+                            "--resolution", "16", "--epochs", "0.05", "--reference-factor", "2", "--json"], capsys)
     assert code == 0
     report = json.loads(stdout)
     assert report["n"] == 3 and report["reference_epochs"] == pytest.approx(0.1)

@@ -1,0 +1,49 @@
+"""The ``hilonas`` command, one module per command group. Nothing else in hilonas imports this package.
+
+Each command parses its options, calls one library function and formats what it returns; checking values is the
+library's job. Heavy imports (torch, optuna, ray, plotly) happen inside the commands that need them, so
+``hilonas --help`` is instant. Every user mistake surfaces as a :class:`hilonas.errors.HilonasError`: :func:`main`
+prints it as one line on stderr and exits with status 2.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from hilonas.cli import bench, latency, models, results, search, spaces
+from hilonas.errors import HilonasError
+
+__all__ = ["app", "main", "ERROR_EXIT_CODE"]
+
+ERROR_EXIT_CODE = 2  # what a user mistake exits with (typer's own usage errors use 2 as well)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hardware-aware architecture search for vision transformers built on HiLo attention (LITv2).")
+# Top-level commands, in the order a user meets them.
+app.command()(latency.hardware)
+app.command()(search.search)
+app.command()(search.studies)
+app.command()(results.results)
+app.command()(results.pareto)
+app.command()(results.export)
+app.command()(models.flops)
+app.command()(models.train)
+app.add_typer(spaces.app, name="space")
+app.add_typer(latency.app, name="latency")
+app.add_typer(bench.app, name="bench")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the console script (and of tests, with ``argv``): runs the command, then exits.
+
+    A HilonasError becomes ``error: <message>`` on one line of stderr and exit status 2; anything else escaping is a
+    bug and keeps its traceback.
+    """
+    try:
+        app(args=argv, prog_name="hilonas", standalone_mode=True)
+    except HilonasError as err:
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(ERROR_EXIT_CODE)

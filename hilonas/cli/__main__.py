@@ -1,0 +1,4 @@
+"""``python -m hilonas.cli``: the same as the ``hilonas`` console script."""
+from hilonas.cli import main
+
+main()

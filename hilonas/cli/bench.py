@@ -1,0 +1,142 @@
+"""``hilonas bench attention|proxy|search|latency``: both sides timed in one run, ratios printed."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from hilonas.cli._common import (
+    DEFAULT_PROXY_RESOLUTION,
+    batch_option,
+    echo_json,
+    json_option,
+    quiet_torch,
+    resolution_option,
+    space_option,
+    tables_option,
+    target_option,
+    threads_option,
+)
+from hilonas.mixers import MIXERS, attention_mixers
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks: both sides timed in one run, ratios printed.")
+
+# The candidates are the registry's attending mixers (hilonas.bench.attention.bench_mixers), listed from it.
+_ATTENTION_EPILOG = "Mixers compared: " + "; ".join(f"{m}: {MIXERS[m].description}" for m in attention_mixers())
+
+
+def _progress_line(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _emit(result: Any, as_json: bool, fmt: Callable[[Any], str]) -> None:
+    """``result`` as one JSON object, or formatted for reading."""
+    if as_json:
+        echo_json(result)
+    else:
+        typer.echo(fmt(result))
+
+
+@app.command("attention", epilog=_ATTENTION_EPILOG)
+def bench_attention(batch: int = typer.Option(64, help="images per forward"),
+                    tokens: int = typer.Option(14, help="token map side (tokens x tokens)"),
+                    dim: int = typer.Option(768), heads: int = typer.Option(12),
+                    alpha: float = typer.Option(0.9, help="HiLo alpha"),
+                    hilo_window: int = typer.Option(2, help="HiLo window size"),
+                    sr_ratio: int = typer.Option(2, help="SRA reduction ratio"),
+                    local_window: int = typer.Option(7, help="local window attention size"),
+                    repeats: int = typer.Option(10, help="interleaved timing rounds"),
+                    threads: int = typer.Option(2, help="CPU threads"),
+                    device: str = typer.Option("cpu", help="cpu or cuda"),
+                    as_json: bool = json_option()) -> None:
+    """The HiLo paper's single-layer comparison: every mixer, fused and explicit, img/s and ratios to HiLo-fused."""
+    quiet_torch()
+    from hilonas.bench.attention import format_attention_bench, run_attention_bench
+
+    result = run_attention_bench(batch=batch, tokens=tokens, dim=dim, heads=heads, alpha=alpha,
+                                 hilo_window=hilo_window, sr_ratio=sr_ratio, local_window=local_window,
+                                 repeats=repeats, threads=threads, device=device)
+    _emit(result, as_json, format_attention_bench)
+
+
+def _extra_epochs(text: str) -> list[float]:
+    try:
+        return [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        from hilonas.errors import HilonasError
+
+        raise HilonasError(f"--extra-epochs={text!r} must be comma-separated numbers, e.g. 0.5,1,4") from None
+
+
+@app.command("proxy")
+def bench_proxy(space: str = space_option(),
+                n: int = typer.Option(16, help="architectures to sample"),
+                seed: int = typer.Option(0, help="sampling, split, initialisation and batch order"),
+                data: Optional[str] = typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, "
+                                                   "digits (default: the embedded MNIST subset)"),
+                resolution: int = typer.Option(DEFAULT_PROXY_RESOLUTION, help="proxy resolution"),
+                epochs: Optional[float] = typer.Option(None, help="default proxy budget in epochs (default: "
+                                                       "ProxyBudget's)"),
+                reference_factor: float = typer.Option(10.0, help="the reference trains this many times longer"),
+                reference_seeds: int = typer.Option(1, help="reference runs per architecture (mean accuracy)"),
+                val_fraction: Optional[float] = typer.Option(None, help="held-out share where the data has no "
+                                                             "split (default: 0.5 embedded, 0.2 folders)"),
+                extra_epochs: str = typer.Option("", help="other budgets to compare, comma-separated epochs "
+                                                 "(e.g. 0.5,1,4)"),
+                workers: int = typer.Option(1, help="processes scoring architectures side by side"),
+                threads: int = threads_option("torch threads per worker"),
+                log: Optional[Path] = typer.Option(None, help="JSONL of finished architectures; resumes from it"),
+                as_json: bool = json_option()) -> None:
+    """Rank agreement (Spearman, Kendall) of every accuracy proxy with a 10x longer training, and its cost."""
+    extra = _extra_epochs(extra_epochs)
+    quiet_torch()
+    import dataclasses
+
+    from hilonas.bench.proxy import format_proxy_bench, run_proxy_bench
+    from hilonas.proxy.train import DEFAULT_BUDGET
+
+    budget = DEFAULT_BUDGET if epochs is None else dataclasses.replace(DEFAULT_BUDGET, epochs=epochs)
+    report = run_proxy_bench(space, n, seed, data=data, resolution=resolution, budget=budget,
+                             reference_factor=reference_factor, extra_epochs=extra, reference_seeds=reference_seeds,
+                             val_fraction=val_fraction, workers=workers, threads=threads,
+                             log=log, progress=None if as_json else _progress_line)
+    _emit(report, as_json, format_proxy_bench)
+
+
+@app.command("search")
+def bench_search(space: str = space_option(),
+                 trials: int = typer.Option(8, help="trials per run (one run with 1 worker, one with 2)"),
+                 steps: int = typer.Option(60, help="proxy training steps per trial"),
+                 seed: int = typer.Option(0),
+                 tables: str = tables_option("latency tables folder"),
+                 as_json: bool = json_option()) -> None:
+    """Driver overhead (share of the trial loop not spent evaluating) with 1 and 2 workers, and the speed-up."""
+    quiet_torch()
+    from hilonas.bench.search import format_search_bench, run_search_bench
+
+    result = run_search_bench(space, trials, steps, seed, tables_dir=tables)
+    if as_json:
+        echo_json({k: result[k] for k in ("overhead_share_1", "overhead_share_2", "speedup_2_vs_1")} | result)
+    else:
+        typer.echo(format_search_bench(result))
+
+
+@app.command("latency")
+def bench_latency(space: str = space_option(),
+                  target: str = target_option(),
+                  threads: int = threads_option(),
+                  batch: int = batch_option(),
+                  resolution: Optional[int] = resolution_option(),
+                  tables: str = tables_option(),
+                  archs: int = typer.Option(2000, help="architectures to predict"),
+                  measure: int = typer.Option(3, help="networks to measure whole for the ratio"),
+                  as_json: bool = json_option()) -> None:
+    """Microseconds per latency prediction from a loaded table, against measuring the network."""
+    quiet_torch()
+    from hilonas.bench.latency import format_latency_bench, run_latency_bench
+
+    result = run_latency_bench(space, target=target, threads=threads, batch=batch, resolution=resolution,
+                               tables_dir=tables, archs=archs, measure=measure)
+    _emit(result, as_json, format_latency_bench)

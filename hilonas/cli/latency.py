@@ -1,0 +1,165 @@
+"""``hilonas hardware`` and ``hilonas latency build|validate``: this machine's fingerprint and its latency tables."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+from hilonas.cli._common import (
+    DEFAULT_RESOLUTION,
+    batch_option,
+    echo_json,
+    json_option,
+    quiet_torch,
+    resolution_option,
+    space_option,
+    tables_option,
+    target_option,
+    threads_option,
+)
+from hilonas.latency.build import DEFAULT_CALIB_NETWORKS  # torch-free at import
+
+app = typer.Typer(no_args_is_help=True, help="Latency tables: build one for this machine, validate it.")
+
+DEFAULT_VALIDATE_N = 50
+FIGURES = ("n", "within_5", "within_10", "mape", "max_ape", "spearman", "bias", "drift")
+
+
+def fingerprint_for(target: str, threads: int, batch: int, resolution: Optional[int], space: Optional[str] = None):
+    """(fingerprint, loaded space or None): the resolution defaults to the space's img_size (224 without one)."""
+    sp = None
+    if space is not None:
+        from hilonas.spaces import SearchSpace
+
+        sp = SearchSpace.load(space)
+    if resolution is None:
+        resolution = int(sp.fixed.get("img_size", DEFAULT_RESOLUTION)) if sp is not None else DEFAULT_RESOLUTION
+    from hilonas.latency.fingerprint import current_fingerprint
+
+    return current_fingerprint(target, threads=threads, batch=batch, resolution=resolution), sp
+
+
+def _tables_for(fp: Any, tables: str) -> tuple[list[dict], list[dict]]:
+    """(tables matching ``fp``, the others with why they do not match) under ``tables``."""
+    from hilonas.latency.table import LatencyTable, list_tables
+
+    matching, others = [], []
+    for path, tfp, problem in list_tables(tables):
+        if tfp is None:
+            others.append({"path": str(path), "problem": problem})
+        elif tfp.id == fp.id:
+            t = LatencyTable.load(path, expect=fp)
+            matching.append({"path": str(path), "blocks": len(t.entries),
+                             "calibration": (t.calibration or {}).get("method"), "statistic": t.statistic})
+        else:
+            others.append({"path": str(path), "differs_in": tfp.diff(fp)})
+    return matching, others
+
+
+def hardware(target: str = target_option(),
+             threads: int = threads_option("CPU threads the latency is measured with"),
+             batch: int = batch_option(),
+             resolution: int = typer.Option(DEFAULT_RESOLUTION, help="input image side in pixels"),
+             tables: str = tables_option(),
+             as_json: bool = json_option()) -> None:
+    """This machine's hardware fingerprint and the latency tables that match it."""
+    quiet_torch()
+    fp, _ = fingerprint_for(target, threads, batch, resolution)
+    matching, others = _tables_for(fp, tables)
+    if as_json:
+        echo_json({"fingerprint_id": fp.id, "fingerprint": fp.to_dict(), "tables": matching, "other_tables": others})
+        return
+    typer.echo(f"fingerprint {fp.id}")
+    for name, value in fp.to_dict().items():
+        typer.echo(f"  {name:14s} {value}")
+    typer.echo(f"tables in {tables}/ for this fingerprint: {len(matching) or 'none'}")
+    for t in matching:
+        typer.echo(f"  {t['path']}: {t['blocks']} blocks, calibration {t['calibration'] or 'none'}")
+    if not matching:
+        typer.echo(f"  build one: hilonas latency build --space SPACE --target {target} --threads {threads} "
+                   f"--batch {batch} --resolution {resolution}")
+    for o in others:
+        why = f"differs in {', '.join(o['differs_in'])}" if "differs_in" in o else o["problem"]
+        typer.echo(f"  (other: {o['path']}: {why})")
+
+
+@app.command("build")
+def latency_build(space: str = space_option(),
+                  target: str = target_option(),
+                  threads: int = threads_option(),
+                  batch: int = batch_option(),
+                  resolution: Optional[int] = resolution_option(),
+                  tables: str = tables_option(),
+                  force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
+                  recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
+                  calib_networks: int = typer.Option(DEFAULT_CALIB_NETWORKS,
+                                                     help="whole networks measured for the calibration"),
+                  repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 12)"),
+                  rounds: Optional[int] = typer.Option(None, help="passes over all blocks (default 20)"),
+                  as_json: bool = json_option()) -> None:
+    """Measure every block of a space on this machine into its latency table, then fit the calibration."""
+    fp, sp = fingerprint_for(target, threads, batch, resolution, space)
+    quiet_torch()
+    from hilonas.latency.build import build_table
+
+    report = build_table(sp, fp, tables_dir=tables, calib_networks=calib_networks, progress=not as_json, force=force,
+                         recalibrate=recalibrate, repeats=repeats, rounds=rounds)
+    stats, cal = report.to_dict(), report.table.calibration or {}
+    if as_json:
+        echo_json({"fingerprint_id": fp.id, **stats})
+        return
+    typer.echo(f"{stats['blocks_total']} blocks ({stats['blocks_measured']} measured now), "
+               f"{stats['networks_measured']} calibration networks, in {stats['seconds']:.1f} s")
+    if cal:
+        typer.echo(f"calibration: {cal.get('method')} (scale {cal.get('scale', 1):.3f}, intercept "
+                   f"{cal.get('intercept_ms', 0):.3f} ms, leave-one-out error {cal.get('loo_mape', {})})")
+    typer.echo(f"table: {stats['path']}")
+
+
+def _validate(sp: Any, fp: Any, n: int, seed: int, tables: str, table: Optional[str], force: bool,
+              progress: bool) -> tuple[dict[str, Any], Any]:
+    """(validate_table's figures, the table validated)."""
+    from hilonas.latency.table import LatencyTable
+    from hilonas.latency.validate import validate_table
+
+    loaded = LatencyTable.load(table, expect=fp, force=force) if table else LatencyTable.open(fp, tables, force=force)
+    return validate_table(sp, fp, n=n, seed=seed, table=loaded, progress=progress), loaded
+
+
+@app.command("validate")
+def latency_validate(space: str = space_option(),
+                     n: int = typer.Option(DEFAULT_VALIDATE_N, "--n", help="random networks to measure"),
+                     seed: int = typer.Option(0, help="sampling seed"),
+                     target: str = target_option(),
+                     threads: int = threads_option(),
+                     batch: int = batch_option(),
+                     resolution: Optional[int] = resolution_option(),
+                     tables: str = tables_option(),
+                     table: Optional[str] = typer.Option(None, help="a table file (default: this machine's)"),
+                     force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
+                     as_json: bool = json_option("print the figures as one JSON object"),
+                     csv: Optional[str] = typer.Option(None, help="write the per-network rows to this CSV")) -> None:
+    """Measure N random networks whole and report how far the table's predictions are off."""
+    fp, sp = fingerprint_for(target, threads, batch, resolution, space)
+    quiet_torch()
+    result, loaded = _validate(sp, fp, n, seed, tables, table, force, progress=not as_json)
+    if csv:
+        from hilonas.io import write_csv_rows
+
+        write_csv_rows(csv, result["rows"])
+    if as_json:
+        echo_json({k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in FIGURES})
+        return
+    typer.echo(f"{n} random networks of {sp.name} (seed {seed}) measured whole against {loaded.path}:")
+    typer.echo(f"  within +-5%: {result['within_5']:.0%}   within +-10%: {result['within_10']:.0%}   "
+               f"mean |error| {result['mape']:.1%}   max |error| {result['max_ape']:.1%}   "
+               f"Spearman {result['spearman']:.3f}   bias {result['bias']:+.1%}")
+    typer.echo(f"  statistic {result['statistic']}, calibration {result['calibration']}, {result['seconds']:.0f} s"
+               + (f", CPUs busy with other work {result['machine_busy']:.0%} at start"
+                  if result["machine_busy"] is not None else ""))
+    if result["drift"] is not None:
+        d = result["drift"]
+        typer.echo(f"  machine drift: the table's calibration networks, measured again in the same passes, run "
+                   f"{abs(d):.1%} {'slower' if d >= 0 else 'faster'} than when the table was built")
+    if csv:
+        typer.echo(f"  rows: {csv}")

@@ -1,0 +1,70 @@
+"""``hilonas flops`` and ``hilonas train``: one architecture's cost, and training it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hilonas.cli._common import (
+    DEFAULT_PROXY_RESOLUTION,
+    DEFAULT_RUNS_DIR,
+    data_option,
+    echo_json,
+    json_option,
+    quiet_torch,
+)
+
+DEFAULT_TRAIN_EPOCHS = 10.0
+DEFAULT_TRAIN_OUT = Path(DEFAULT_RUNS_DIR) / "train"
+
+
+def flops(config: str = typer.Argument(..., help="variant name (litv2_s, litv2_m, litv2_b) or a config YAML"),
+          img_size: Optional[int] = typer.Option(None, help="input resolution (default: the config's img_size)"),
+          time_forward: bool = typer.Option(False, "--time", help="also time one forward pass (median of repeats)"),
+          threads: int = typer.Option(1, help="CPU threads for --time"),
+          as_json: bool = json_option()) -> None:
+    """Parameters and FLOPs (multiply-accumulates, fvcore) of an architecture, by stage."""
+    quiet_torch()
+    from hilonas.models.flops import flops_summary
+
+    out = flops_summary(config, img_size, time_forward=time_forward, threads=threads)
+    if as_json:
+        echo_json(out)
+        return
+    typer.echo(f"{config}: {out['arch']}")
+    typer.echo(f"  params  {out['params'] / 1e6:8.2f} M")
+    typer.echo(f"  FLOPs   {out['flops'] / 1e9:8.3f} G (multiply-accumulates at {out['img_size']}x{out['img_size']})")
+    for name, value in out["flops_by_stage"].items():
+        typer.echo(f"    {name:12s} {value / 1e9:8.3f} G")
+    if time_forward:
+        f = out["forward_ms"]
+        typer.echo(f"  forward {f['median']:8.2f} ms (batch 1, {f['threads']} thread(s), median of {f['runs']} runs, "
+                   f"spread {f['spread']:.1%})")
+
+
+def train(config: str = typer.Argument(..., help="variant name or a config YAML (an exported file too)"),
+          data: Optional[str] = data_option(),
+          epochs: float = typer.Option(DEFAULT_TRAIN_EPOCHS, help="passes over the training split"),
+          resolution: int = typer.Option(DEFAULT_PROXY_RESOLUTION, help="training resolution"),
+          seed: int = typer.Option(0),
+          batch_size: int = typer.Option(64),
+          lr: float = typer.Option(2e-3, help="peak AdamW learning rate"),
+          threads: int = typer.Option(1, help="torch threads"),
+          device: str = typer.Option("cpu", help="cpu or cuda"),
+          out: Path = typer.Option(DEFAULT_TRAIN_OUT, help="folder for weights.safetensors, config.yaml, metrics.json"),
+          as_json: bool = json_option("print the metrics as one JSON object")) -> None:
+    """Train one architecture with the proxy trainer and save its weights (safetensors) and config."""
+    quiet_torch()
+    from hilonas.proxy.checkpoint import train_to_folder
+
+    metrics = train_to_folder(config, out, data=data, epochs=epochs, resolution=resolution, seed=seed,
+                              batch_size=batch_size, lr=lr, threads=threads, device=device)
+    arch_text, data_text = metrics.pop("arch"), metrics.pop("data_text")
+    if as_json:
+        echo_json({**metrics, "out": str(out)})
+        return
+    typer.echo(f"{arch_text} on {data_text}")
+    typer.echo(f"  held-out top-1 {metrics['accuracy']:.4f}, {metrics['epochs']:g} epochs ({metrics['steps']} steps) "
+               f"in {metrics['seconds']:.1f} s, {metrics['images_per_s']:.0f} images/s")
+    typer.echo(f"  saved {out}/weights.safetensors and {out}/config.yaml")

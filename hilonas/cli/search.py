@@ -1,0 +1,101 @@
+"""``hilonas search`` and ``hilonas studies``: run a multi-objective search, list the studies."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from hilonas.cli._common import (
+    DEFAULT_PROXY_RESOLUTION,
+    DEFAULT_RUNS_DIR,
+    DEFAULT_TRIALS,
+    DEFAULT_WORKERS,
+    echo_json,
+    json_option,
+    quiet_torch,
+    runs_option,
+    space_option,
+    tables_option,
+    target_option,
+)
+
+DEFAULT_SAMPLER = "nsga2"
+DEFAULT_OBJECTIVE = "latency"
+DEFAULT_EXECUTOR = "ray"
+
+
+def _budget_options(epochs: Optional[float], steps: Optional[int], batch_size: Optional[int]) -> dict:
+    """The proxy budget overrides given on the command line (none given: the proxy's defaults)."""
+    given = {"epochs": epochs, "steps": steps, "batch_size": batch_size}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def search(space: str = space_option(),
+           target: str = target_option("hardware the latency is for: cpu or cuda"),
+           data: Optional[str] = typer.Option(None, help="dataset: default (embedded), a folder, cifar10:PATH"),
+           trials: int = typer.Option(DEFAULT_TRIALS,
+                                      help="finished trials wanted in the study (a resume continues up to it)"),
+           workers: int = typer.Option(DEFAULT_WORKERS, help="trials evaluated at once (one CPU and one thread each)"),
+           study: Optional[str] = typer.Option(None, help="study name (default: SPACE-TARGET); "
+                                               f"{DEFAULT_RUNS_DIR}/<study>/"),
+           storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default "
+                                                 f"sqlite:///{DEFAULT_RUNS_DIR}/<study>/study.db)"),
+           sampler: str = typer.Option(DEFAULT_SAMPLER, help="nsga2, tpe or random"),
+           objective: str = typer.Option(DEFAULT_OBJECTIVE, help="second objective: latency (min) or throughput (max)"),
+           max_latency_ms: Optional[float] = typer.Option(None, help="latency limit (an Optuna constraint)"),
+           epochs: Optional[float] = typer.Option(None, help="proxy budget in epochs (default: the proxy's)"),
+           steps: Optional[int] = typer.Option(None, help="proxy budget in optimizer steps (overrides --epochs)"),
+           batch_size: Optional[int] = typer.Option(None, help="proxy training batch size"),
+           resolution: int = typer.Option(DEFAULT_PROXY_RESOLUTION,
+                                          help="proxy training resolution (latency uses the space's img_size)"),
+           seed: int = typer.Option(0, help="sampler and training seed"),
+           executor: str = typer.Option(DEFAULT_EXECUTOR, help="ray (default) or local (in-process, for debugging)"),
+           ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting one"),
+           tables: str = tables_option("latency tables folder"),
+           runs: str = runs_option(),
+           resume: bool = typer.Option(False, "--resume", help="require the study to exist already"),
+           no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+           as_json: bool = json_option("print the summary as one JSON object")) -> None:
+    """Multi-objective search: accuracy (proxy training) vs latency (from the table), trials in parallel on Ray."""
+    quiet_torch()
+    import dataclasses
+
+    from hilonas.search.driver import SearchSettings, run_search
+
+    settings = SearchSettings(space=space, target=target, data=data, trials=trials, workers=workers, study=study,
+                              storage=storage, sampler=sampler, objective=objective, max_latency_ms=max_latency_ms,
+                              budget=_budget_options(epochs, steps, batch_size), resolution=resolution, seed=seed,
+                              executor=executor, ray_address=ray_address, tables_dir=tables, runs_dir=runs,
+                              resume=resume)
+    try:
+        summary = run_search(settings, progress=not no_progress and not as_json)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished trials are kept, running ones marked failed; run the same command to "
+                   "continue", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        echo_json(dataclasses.asdict(summary))
+        return
+    typer.echo(f"study {summary.study}: {summary.finished} finished trials ({summary.new_trials} new, "
+               f"{summary.failed} failed this run), front of {summary.front_size}, {summary.wall_seconds:.0f} s")
+    typer.echo(f"  storage: {summary.storage}")
+    typer.echo(f"  latency table: {summary.table}")
+    typer.echo(f"  next: hilonas pareto {summary.study}   |   hilonas export {summary.study} --trial N")
+
+
+def studies(runs: str = runs_option(),
+            as_json: bool = json_option("print a JSON list")) -> None:
+    """The studies under runs/, with their trial counts."""
+    from hilonas.search.study import list_studies
+
+    rows = list_studies(runs)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        typer.echo(f"no studies in {runs}/ (start one with hilonas search)")
+    for r in rows:
+        s = r["settings"]
+        typer.echo(f"{r['study']:24s} {r.get('complete', 0):>4} complete {r.get('fail', 0):>3} failed  "
+                   f"space={s.get('space')} target={s.get('target')} objective={s.get('objective')} "
+                   f"limit={s.get('max_latency_ms')}  {r['storage']}")
