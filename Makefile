@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,16 @@ demo: $(STAMP)
 	$(BIN)/hilonas export $(DEMO_STUDY) --knee --out runs/$(DEMO_STUDY)/export --onnx --force
 	@echo "demo done: study runs/$(DEMO_STUDY)/study.db, page runs/$(DEMO_STUDY)/pareto.html, config runs/$(DEMO_STUDY)/export/arch.yaml"
 
-test: $(STAMP)
+# What CI runs: the linter, then every test (slow ones included).
+test: lint
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+
+# Quick loop while developing: the tests not marked slow (no Ray, no whole searches).
+test-fast: lint
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check hilonas tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

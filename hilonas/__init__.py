@@ -21,7 +21,7 @@ def _register_timm() -> None:
 class _TimmHook(importlib.abc.MetaPathFinder):
     """Registers hilonas models right after ``import timm`` finishes, so the order of imports does not matter."""
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None):  # noqa: ANN201
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None):
         if fullname != "timm":
             return None
         sys.meta_path.remove(self)

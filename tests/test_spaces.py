@@ -130,13 +130,25 @@ def test_unknown_names_and_paths():
 
 @pytest.mark.slow
 def test_spaces_ship_in_the_wheel(tmp_path):
+    import shutil
+
     repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    # Built from a clean copy of the sources: a stale build/ folder in the checkout would leak into the wheel.
+    src = tmp_path / "src"
+    src.mkdir()
+    for part in ("pyproject.toml", "README.md", "hilonas", "search_spaces"):
+        copy = shutil.copytree if (repo / part).is_dir() else shutil.copy2
+        copy(repo / part, src / part, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree
+                                         else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(repo)], check=True, capture_output=True)
+                    str(tmp_path), str(src)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("hilonas-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "hilonas/search_spaces/litv2_tiny.yaml" in names
     assert "hilonas/search_spaces/litv2.yaml" in names
+    # Every module of the source tree is in the wheel (a new subpackage must be listed in pyproject.toml).
+    sources = {str(p.relative_to(repo)) for p in (repo / "hilonas").rglob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
     # Installed from the wheel alone (no repo on the path), the shipped space loads.
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

@@ -101,11 +101,11 @@ def test_timm_route_with_exported_yaml(tmp_path):
 @pytest.mark.parametrize("first", ["hilonas", "timm"])
 def test_timm_registration_in_either_import_order(first):
     second = "timm" if first == "hilonas" else "hilonas"
-    code = (f"import {first}, {second}, sys; import timm; "
-            "assert 'torch' not in sys.modules or True; "
-            "m = timm.create_model('litv2_s', img_size=32, num_classes=2); print(type(m).__name__)")
+    code = (f"import sys; import {first}; light = 'torch' not in sys.modules; import {second}; import timm; "
+            "m = timm.create_model('litv2_s', img_size=32, num_classes=2); print(type(m).__name__, light)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "HiLoNet"
+    # hilonas alone imports no torch (timm does); either order registers the models.
+    assert out.stdout.strip() == f"HiLoNet {first == 'hilonas'}"
 
 
 def test_import_hilonas_is_light():
