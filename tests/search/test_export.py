@@ -65,12 +65,16 @@ def test_export_round_trip_timm_onnx_weights(export_study):
     (["ex"], "exactly one of"),
     (["ex", "--trial", "0", "--out", "/proc/nope/exp"], "/proc/nope"),
 ])
-def test_export_bad_input(export_study, args, needle):
+def test_export_bad_input(export_study, args, needle, monkeypatch, capsys):
+    from hilonas.cli import main
+
     study = export_study
-    out = cli("export", *args, "--runs", str(study / "runs"), cwd=study)
-    assert out.returncode == 2, out.stderr[-2000:]
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0], out.stderr
+    monkeypatch.chdir(study)
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", *args, "--runs", str(study / "runs")])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], lines
     leftovers = [p for p in (study / "runs" / "ex").iterdir() if p.name.startswith(("export", ".export"))]
     assert not leftovers  # nothing half-written
 
