@@ -17,3 +17,27 @@ TINY_SPACE = {
 }
 # One pass of 2 timed calls, no re-measuring: a block costs milliseconds (fixtures, not measurements anyone reads).
 FAST = {"warmup": 1, "repeats": 2, "max_attempts": 1, "rounds": 1, "chain": 2, "group": 3}
+
+
+def run_cli(capsys, *args):
+    """(exit status, stdout, stderr) of ``hilonas ARGS`` run in this process through ``main(argv)``."""
+    import pytest
+
+    from hilonas.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out = capsys.readouterr()
+    return exit_.value.code or 0, out.out, out.err
+
+
+def assert_one_line_error(result, *needles):
+    """``result`` of :func:`run_cli` is exit status 2 with one ``error: ...`` line holding every needle."""
+    code, _, err = result
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -12,25 +12,9 @@ import yaml
 from hilonas.cli import main
 from hilonas.latency.build import build_table
 
+from ..shared import assert_one_line_error
+from ..shared import run_cli as run
 from .conftest import FAST, TINY_SPACE
-
-
-def run(capsys, *args):
-    """(exit status, stdout, stderr) of ``hilonas ARGS`` run in this process."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_.value.code or 0, out.out, out.err
-
-
-def assert_one_line_error(result, *needles):
-    code, _, err = result
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
