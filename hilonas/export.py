@@ -26,6 +26,9 @@ from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write
 WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
 
 
+MEASURED_ATTR = "measured_exports"  # study user attr: trial number -> its export's re-measurement
+
+
 def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: float | None = None,
                  min_accuracy: float | None = None, knee: bool = False) -> pd.Series:
     """The row to export: a trial number, the most accurate under a latency, the fastest above an accuracy, or the
@@ -83,7 +86,7 @@ def knee_index(latency: list[float], accuracy: list[float]) -> int:
 def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, *, weights: bool = False,
                  onnx: bool = False, measure: bool = True, epochs: float | None = None,
                  data_spec: str | None = None, force: bool = False,
-                 tables_dir: str | Path = DEFAULT_TABLES_DIR) -> dict[str, Any]:
+                 tables_dir: str | Path = DEFAULT_TABLES_DIR, probe: bool = True) -> dict[str, Any]:
     """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written.
 
     An existing non-empty ``out_dir`` is refused unless ``force``, which replaces it only once the new export is
@@ -115,18 +118,16 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
     }
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
-        if measure:
-            provenance["measurement"] = remeasure(arch, settings, tables_dir)
         if weights:
             arch, provenance["weights"] = _train_weights(arch, settings, tmp, epochs, data_spec)
         if onnx:
             provenance["onnx"] = export_onnx(arch, tmp / "model.onnx",
                                              tmp / "weights.safetensors" if weights else None)
-        doc = {"arch": arch.to_dict(), "provenance": provenance}
-        import yaml
-
-        atomic_write(tmp / "arch.yaml", yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False,
-                                                       default_flow_style=None))
+        _write_doc(tmp, arch, provenance)
+        if measure:  # the written file, loaded by a fresh process as a user would
+            provenance["measurement"] = remeasure(arch, settings, tables_dir, arch_yaml=tmp / "arch.yaml",
+                                                  probe=probe)
+            _write_doc(tmp, arch, provenance)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -160,20 +161,40 @@ def export_from_study(study: str, out_dir: str | Path | None = None, *, storage:
     prov = export_trial(row, study_settings(opened), target, **kwargs)
     m = prov.get("measurement", {})
     if m.get("measured"):
-        m["error"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0
+        m["error_vs_study"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0
+        measured = dict(opened.user_attrs.get(MEASURED_ATTR, {}))
+        measured[str(int(row["number"]))] = {k: m[k] for k in ("measured_latency_ms", "predicted_today_ms",
+                                                                "speed_factor", "error", "measured_at")}
+        opened.set_user_attr(MEASURED_ATTR, measured)  # the Pareto page marks these points as measured
     return row, target, prov
+
+
+def _write_doc(folder: Path, arch: ArchConfig, provenance: dict[str, Any]) -> None:
+    import yaml
+
+    doc = {"arch": arch.to_dict(), "provenance": provenance}
+    atomic_write(folder / "arch.yaml", yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False,
+                                                      default_flow_style=None))
 
 
 def _int(value: Any) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
 
 
-def remeasure(arch: ArchConfig, settings: dict[str, Any],
-              tables_dir: str | Path = DEFAULT_TABLES_DIR) -> dict[str, Any]:
-    """Measure the network whole on this machine when it is the study's target, with the protocol and the figure
-    (fastest pass or median) of the table the prediction came from; say so when this machine is not the target."""
+def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path = DEFAULT_TABLES_DIR, *,
+              arch_yaml: str | Path, probe: bool = True) -> dict[str, Any]:
+    """Measure the exported network whole when this machine is the study's target; say why not otherwise.
+
+    The measurement runs in a fresh process that builds the model from ``arch_yaml`` with ``hilonas.create_model``
+    under the serving environment line (:data:`hilonas.latency.external.SERVING_ENV`), with the protocol and the
+    statistic of the table the prediction came from. It is compared with the table's prediction times today's speed
+    factor (a speed probe, unless ``probe`` is False): ``error`` = measured / predicted today - 1.
+    """
+    from hilonas.latency.build import check_model_code
+    from hilonas.latency.external import measure_in_subprocess, serving_env_line
     from hilonas.latency.fingerprint import Fingerprint, current_fingerprint
-    from hilonas.latency.measure import figure_ms, measure_arch
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.probe import probe_speed, warn_factor
     from hilonas.latency.table import LatencyTable
 
     stored = settings.get("fingerprint")
@@ -181,16 +202,26 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any],
         return {"measured": False, "reason": "the study records no target fingerprint"}
     target = Fingerprint.from_dict(stored)
     try:
-        here = current_fingerprint(settings.get("target", "cpu"), threads=target.threads, batch=target.batch,
-                                   resolution=target.resolution)
+        here = current_fingerprint(settings.get("target", "cpu"), threads=max(target.threads, 1),
+                                   batch=target.batch, resolution=target.resolution)
     except HilonasError as err:
         return {"measured": False, "reason": str(err)}
     if here.id != target.id:
         return {"measured": False, "reason": f"this machine is not the target ({target.describe_diff(here)})"}
     table = LatencyTable.open(target, tables_dir=tables_dir, force=True)
-    timing = measure_arch(arch, target)
-    return {"measured": True, "measured_latency_ms": figure_ms(timing, table.statistic), "statistic": table.statistic,
-            "median_ms": timing.median_ms, "spread": timing.spread, "runs": timing.runs, "noisy": timing.noisy}
+    check_model_code(table)
+    speed = probe_speed(table, target) if probe else None
+    warn_factor(speed, table)
+    factor = speed.factor if speed is not None else 1.0
+    base = LatencyPredictor(table).predict_base(arch)
+    keys = ("warmup", "repeats", "max_spread", "max_attempts", "rounds")
+    m = measure_in_subprocess(arch_yaml, threads=target.threads, batch=target.batch, statistic=table.statistic,
+                              device=target.device_kind, settings={k: table.settings[k] for k in keys
+                                                                  if k in table.settings})
+    return {"measured": True, **m, "predicted_base_ms": base, "speed_factor": factor,
+            "speed_probe": speed.to_dict() if speed is not None else None, "predicted_today_ms": base * factor,
+            "error": m["measured_latency_ms"] / (base * factor) - 1.0, "environment": serving_env_line(),
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _train_weights(arch: ArchConfig, settings: dict[str, Any], folder: Path, epochs: float | None,

@@ -21,8 +21,10 @@ def _hover(row: pd.Series) -> str:
     params = f"{row['params'] / 1e6:.2f} M" if pd.notna(row.get("params")) else "-"
     acc = f"{row['accuracy']:.4f}" if pd.notna(row.get("accuracy")) else "-"
     label = row.get("landmark") if isinstance(row.get("landmark"), str) else f"trial {row['number']}"
+    error = row.get("latency_error")
+    spread = f" ± {error:.1%}" if isinstance(error, (int, float)) and pd.notna(error) and error > 0 else ""
     return (f"<b>{row['study']} · {label}</b><br>{row.get('arch_text') or ''}<br>accuracy {acc}<br>"
-            f"predicted latency {row['latency_ms']:.2f} ms ({row['throughput']:.0f} img/s)<br>"
+            f"predicted {row['latency_ms']:.2f} ms{spread} ({row['throughput']:.0f} img/s)<br>"
             f"FLOPs {flops} · params {params}")
 
 
@@ -68,6 +70,8 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
             xv = value if x == "latency" else 1000.0 / value
             fig.add_vline(x=xv, line={"color": colour, "dash": "dash"},
                           annotation_text=f"limit {value:g} ms ({study})", annotation_position="top")
+    if landmarks is not None:  # one not measurable here has no latency: left off the page
+        landmarks = landmarks[landmarks["latency_ms"].notna() & landmarks["accuracy"].notna()]
     if landmarks is not None and not landmarks.empty:
         fig.add_trace(go.Scatter(
             x=landmarks[col], y=landmarks["accuracy"], mode="markers+text", name="reference architectures",

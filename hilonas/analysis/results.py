@@ -39,6 +39,7 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "skipped": r.get("skipped"), "fail_reason": r.get("fail_reason"), "landmark": r.get("landmark"),
             "objective": settings.get("objective"), "max_latency_ms": settings.get("max_latency_ms"),
             "fingerprint_id": settings.get("fingerprint_id"), "arch": arch,
+            "latency_error": latency_error(r, settings),
         }
         for i, st in enumerate(arch.get("stages", [])):
             for key in ("depth", "dim", "heads", "mixer", "alpha", "window", "mlp_ratio"):
@@ -57,6 +58,15 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         df.loc[cand.index[mask], "on_front"] = True
     ordered = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
     return df[ordered].sort_values(["study", "number"], kind="stable").reset_index(drop=True)
+
+
+def latency_error(record: dict[str, Any], settings: dict[str, Any]) -> float | None:
+    """How far a prediction may be off (0.05 = 5%): the margin the trial was judged with (its own, else the study's
+    last), else the table's validated p90 error recorded on the study; None when neither is known."""
+    for value in (record.get("latency_margin"), settings.get("latency_margin"), settings.get("latency_error_p90")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
 
 
 def front(df: pd.DataFrame) -> pd.DataFrame:

@@ -28,6 +28,7 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
     """
     if archs < 1 or measure < 1:
         raise HilonasError(f"--archs={archs} and --measure={measure} must be >= 1")
+    from hilonas.latency.build import check_model_code
     from hilonas.latency.fingerprint import current_fingerprint
     from hilonas.latency.measure import figure_ms, measure_archs
     from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
@@ -39,6 +40,7 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
                              resolution=resolution or int(sp.fixed.get("img_size", 224)))
     sp = sp.at_resolution(fp.resolution)
     table = LatencyTable.open(fp, tables_dir, force=force)
+    check_model_code(table, sp.name)
     sample = sp.sample_distinct(min(archs, sp.size()), seed)
     predictor = LatencyPredictor(table)
     missing = next((m for a in sample for m in predictor.missing(a)), None)

@@ -76,3 +76,8 @@ def data_option() -> Any:
     return typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, digits "
                         "(default: the embedded MNIST subset)")
 
+
+
+def no_probe_option() -> Any:
+    return typer.Option(False, "--no-probe", help="skip the speed probe (a few stored networks re-timed, <= 20 s) "
+                        "that scales predictions to this machine's speed today")

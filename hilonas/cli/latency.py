@@ -10,6 +10,7 @@ from hilonas.cli._common import (
     batch_option,
     echo_json,
     json_option,
+    no_probe_option,
     quiet_torch,
     resolution_option,
     space_option,
@@ -22,7 +23,8 @@ from hilonas.latency.build import DEFAULT_CALIB_NETWORKS  # torch-free at import
 app = typer.Typer(no_args_is_help=True, help="Latency tables: build one for this machine, validate it.")
 
 DEFAULT_VALIDATE_N = 50
-FIGURES = ("n", "within_5", "within_10", "mape", "max_ape", "spearman", "bias", "drift")
+FIGURES = ("n", "within_5", "within_10", "mape", "p90_ape", "max_ape", "spearman", "bias", "drift", "probe",
+           "within_5_drift_corrected", "within_10_drift_corrected", "mape_drift_corrected")
 
 
 def fingerprint_for(target: str, threads: int, batch: int, resolution: Optional[int], space: Optional[str] = None):
@@ -39,8 +41,23 @@ def fingerprint_for(target: str, threads: int, batch: int, resolution: Optional[
     return current_fingerprint(target, threads=threads, batch=batch, resolution=resolution), sp
 
 
-def _tables_for(fp: Any, tables: str) -> tuple[list[dict], list[dict]]:
-    """(tables matching ``fp``, the others with why they do not match) under ``tables``."""
+def _probe_line(probe: dict[str, Any]) -> str:
+    """``'1.27x slower than the table, 2026-11-22T18:01'`` for a probe of the table's history."""
+    factor = probe.get("factor")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+        how = f"factor {factor!r}"
+    elif factor >= 1:
+        how = f"{factor:.2f}x slower than the table"
+    else:
+        how = f"{1 / factor:.2f}x faster than the table"
+    taken = str(probe.get("taken_at") or "")[:16]
+    return how + (f", {taken}" if taken else "")
+
+
+def _tables_for(fp: Any, tables: str, details: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """(tables matching ``fp``, the others with why they do not match) under ``tables``; a matching table comes with
+    how its host's details differ from ``details`` and its last speed probe."""
+    from hilonas.latency.fingerprint import details_diff
     from hilonas.latency.table import LatencyTable, list_tables
 
     matching, others = [], []
@@ -49,11 +66,29 @@ def _tables_for(fp: Any, tables: str) -> tuple[list[dict], list[dict]]:
             others.append({"path": str(path), "problem": problem})
         elif tfp.id == fp.id:
             t = LatencyTable.load(path, expect=fp)
+            probes = getattr(t, "probes", None) or []
+            table_details = getattr(t, "details", None) or {}
             matching.append({"path": str(path), "blocks": len(t.entries),
-                             "calibration": (t.calibration or {}).get("method"), "statistic": t.statistic})
+                             "calibration": (t.calibration or {}).get("method"), "statistic": t.statistic,
+                             "details": table_details or None,
+                             "details_diff": details_diff(details, table_details),
+                             "probe": probes[-1] if probes else None})
         else:
             others.append({"path": str(path), "differs_in": tfp.diff(fp)})
     return matching, others
+
+
+def _echo_matching(matching: list[dict]) -> None:
+    for t in matching:
+        typer.echo(f"  {t['path']}: {t['blocks']} blocks, calibration {t['calibration'] or 'none'}")
+        if t["details"] is None:
+            typer.echo("    measured on: not recorded (table predates machine details)")
+        elif t["details_diff"]:
+            typer.echo(f"    measured on another host behind the same fingerprint: {'; '.join(t['details_diff'])} "
+                       "(this host first)")
+        else:
+            typer.echo("    measured on: a host with the same details as this one")
+        typer.echo("    last speed probe: " + (_probe_line(t["probe"]) if t["probe"] else "none yet"))
 
 
 def hardware(target: str = target_option(),
@@ -62,19 +97,25 @@ def hardware(target: str = target_option(),
              resolution: int = typer.Option(DEFAULT_RESOLUTION, help="input image side in pixels"),
              tables: str = tables_option(),
              as_json: bool = json_option()) -> None:
-    """This machine's hardware fingerprint and the latency tables that match it."""
+    """This machine's hardware fingerprint, what else the OS shows of it, and the latency tables that match it."""
+    from hilonas.latency.fingerprint import machine_details
+
     quiet_torch()
     fp, _ = fingerprint_for(target, threads, batch, resolution)
-    matching, others = _tables_for(fp, tables)
+    details = machine_details(target)
+    matching, others = _tables_for(fp, tables, details)
     if as_json:
-        echo_json({"fingerprint_id": fp.id, "fingerprint": fp.to_dict(), "tables": matching, "other_tables": others})
+        echo_json({"fingerprint_id": fp.id, "fingerprint": fp.to_dict(), "details": details, "tables": matching,
+                   "other_tables": others})
         return
     typer.echo(f"fingerprint {fp.id}")
     for name, value in fp.to_dict().items():
         typer.echo(f"  {name:14s} {value}")
+    typer.echo("machine details (not part of the id)")
+    for name, value in details.items():
+        typer.echo(f"  {name:14s} {' '.join(map(str, value)) if isinstance(value, list) else value}")
     typer.echo(f"tables in {tables}/ for this fingerprint: {len(matching) or 'none'}")
-    for t in matching:
-        typer.echo(f"  {t['path']}: {t['blocks']} blocks, calibration {t['calibration'] or 'none'}")
+    _echo_matching(matching)
     if not matching:
         typer.echo(f"  build one: hilonas latency build --space SPACE --target {target} --threads {threads} "
                    f"--batch {batch} --resolution {resolution}")
@@ -117,13 +158,15 @@ def latency_build(space: str = space_option(),
 
 
 def _validate(sp: Any, fp: Any, n: int, seed: int, tables: str, table: Optional[str], force: bool,
-              progress: bool) -> tuple[dict[str, Any], Any]:
+              progress: bool, probe: bool) -> tuple[dict[str, Any], Any]:
     """(validate_table's figures, the table validated)."""
+    from hilonas.latency.build import check_model_code
     from hilonas.latency.table import LatencyTable
     from hilonas.latency.validate import validate_table
 
     loaded = LatencyTable.load(table, expect=fp, force=force) if table else LatencyTable.open(fp, tables, force=force)
-    return validate_table(sp, fp, n=n, seed=seed, table=loaded, progress=progress), loaded
+    check_model_code(loaded, sp.name)
+    return validate_table(sp, fp, n=n, seed=seed, table=loaded, progress=progress, probe=probe), loaded
 
 
 @app.command("validate")
@@ -137,12 +180,13 @@ def latency_validate(space: str = space_option(),
                      tables: str = tables_option(),
                      table: Optional[str] = typer.Option(None, help="a table file (default: this machine's)"),
                      force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
+                     no_probe: bool = no_probe_option(),
                      as_json: bool = json_option("print the figures as one JSON object"),
                      csv: Optional[str] = typer.Option(None, help="write the per-network rows to this CSV")) -> None:
     """Measure N random networks whole and report how far the table's predictions are off."""
     fp, sp = fingerprint_for(target, threads, batch, resolution, space)
     quiet_torch()
-    result, loaded = _validate(sp, fp, n, seed, tables, table, force, progress=not as_json)
+    result, loaded = _validate(sp, fp, n, seed, tables, table, force, progress=not as_json, probe=not no_probe)
     if csv:
         from hilonas.io import write_csv_rows
 
@@ -150,7 +194,17 @@ def latency_validate(space: str = space_option(),
     if as_json:
         echo_json({k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in FIGURES})
         return
-    typer.echo(f"{n} random networks of {sp.name} (seed {seed}) measured whole against {loaded.path}:")
+    _print_validation(result, f"{n} random networks of {sp.name} (seed {seed}) measured whole against {loaded.path}:")
+    if csv:
+        typer.echo(f"  rows: {csv}")
+
+
+def _print_validation(result: dict[str, Any], title: str) -> None:
+    typer.echo(title)
+    if result["probe"] is not None:
+        p = result["probe"]
+        typer.echo(f"  speed probe at start: factor {p['factor']:.3f} (spread {p['spread']:.3f}, {p['networks']} "
+                   f"networks, {p['seconds']:.1f} s); predictions below are scaled by it")
     typer.echo(f"  within +-5%: {result['within_5']:.0%}   within +-10%: {result['within_10']:.0%}   "
                f"mean |error| {result['mape']:.1%}   max |error| {result['max_ape']:.1%}   "
                f"Spearman {result['spearman']:.3f}   bias {result['bias']:+.1%}")
@@ -161,5 +215,6 @@ def latency_validate(space: str = space_option(),
         d = result["drift"]
         typer.echo(f"  machine drift: the table's calibration networks, measured again in the same passes, run "
                    f"{abs(d):.1%} {'slower' if d >= 0 else 'faster'} than when the table was built")
-    if csv:
-        typer.echo(f"  rows: {csv}")
+        typer.echo(f"  drift-corrected (predictions scaled by that instead): within +-5% "
+                   f"{result['within_5_drift_corrected']:.0%}   within +-10% {result['within_10_drift_corrected']:.0%}"
+                   f"   mean |error| {result['mape_drift_corrected']:.1%}")

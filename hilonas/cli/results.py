@@ -10,6 +10,7 @@ from hilonas.cli._common import (
     DEFAULT_RUNS_DIR,
     echo_json,
     json_option,
+    no_probe_option,
     quiet_torch,
     runs_option,
     storage_option,
@@ -84,7 +85,12 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
                f"{prov['predicted_latency_ms']:.2f} ms, FLOPs {prov['flops'] / 1e9:.3f} G, "
                f"params {prov['params'] / 1e6:.2f} M")
     if m.get("measured"):
-        typer.echo(f"  re-measured here: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs predicted)")
+        if m.get("speed_probe"):
+            typer.echo(f"  speed probe: this machine runs at {m['speed_factor']:.3f}x the table's speed "
+                       f"({m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms")
+        typer.echo(f"  re-measured in a fresh process: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs "
+                   "predicted today)")
+        typer.echo(f"  to see this figure in your own process, start it with: {m['environment']} python ...")
         if abs(m["error"]) > WARN_ERROR:
             typer.echo(f"warning: measured latency differs from the prediction by {m['error']:+.1%} "
                        f"(more than {WARN_ERROR:.0%}); check `hilonas latency validate`", err=True)
@@ -110,6 +116,7 @@ def export(study: str = typer.Argument(..., help="study name"),
            epochs: Optional[float] = typer.Option(None, help="epochs for --weights (default: the study's budget)"),
            onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked with onnxruntime"),
            no_measure: bool = typer.Option(False, "--no-measure", help="skip re-measuring the latency"),
+           no_probe: bool = no_probe_option(),
            force: bool = typer.Option(False, "--force", help="replace --out if it exists (once the export is done)"),
            tables: str = tables_option("latency tables folder (for the re-measurement)"),
            storage: Optional[str] = storage_option(),
@@ -121,8 +128,8 @@ def export(study: str = typer.Argument(..., help="study name"),
 
     row, target, prov = export_from_study(study, out, storage=storage, runs_dir=runs, trial=trial,
                                           max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, knee=knee,
-                                          weights=weights, onnx=onnx, measure=not no_measure, epochs=epochs,
-                                          force=force, tables_dir=tables)
+                                          weights=weights, onnx=onnx, measure=not no_measure, probe=not no_probe,
+                                          epochs=epochs, force=force, tables_dir=tables)
     if as_json:
         echo_json({"out": str(target), **prov})
         return

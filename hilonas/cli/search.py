@@ -12,6 +12,7 @@ from hilonas.cli._common import (
     DEFAULT_WORKERS,
     echo_json,
     json_option,
+    no_probe_option,
     quiet_torch,
     runs_option,
     space_option,
@@ -43,6 +44,9 @@ def search(space: str = space_option(),
            sampler: str = typer.Option(DEFAULT_SAMPLER, help="nsga2, tpe or random"),
            objective: str = typer.Option(DEFAULT_OBJECTIVE, help="second objective: latency (min) or throughput (max)"),
            max_latency_ms: Optional[float] = typer.Option(None, help="latency limit (an Optuna constraint)"),
+           latency_margin: Optional[str] = typer.Option(
+               None, help="auto (the table's validated p90 error) or a fraction, e.g. 0.05: a trial is feasible only "
+               "if its predicted latency x (1 + margin) <= --max-latency-ms"),
            epochs: Optional[float] = typer.Option(None, help="proxy budget in epochs (default: the proxy's)"),
            steps: Optional[int] = typer.Option(None, help="proxy budget in optimizer steps (overrides --epochs)"),
            batch_size: Optional[int] = typer.Option(None, help="proxy training batch size"),
@@ -55,6 +59,7 @@ def search(space: str = space_option(),
            runs: str = runs_option(),
            resume: bool = typer.Option(False, "--resume", help="require the study to exist already"),
            no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+           no_probe: bool = no_probe_option(),
            as_json: bool = json_option("print the summary as one JSON object")) -> None:
     """Multi-objective search: accuracy (proxy training) vs latency (from the table), trials in parallel on Ray."""
     quiet_torch()
@@ -64,9 +69,10 @@ def search(space: str = space_option(),
 
     settings = SearchSettings(space=space, target=target, data=data, trials=trials, workers=workers, study=study,
                               storage=storage, sampler=sampler, objective=objective, max_latency_ms=max_latency_ms,
+                              latency_margin=latency_margin,
                               budget=_budget_options(epochs, steps, batch_size), resolution=resolution, seed=seed,
                               executor=executor, ray_address=ray_address, tables_dir=tables, runs_dir=runs,
-                              resume=resume)
+                              resume=resume, probe=not no_probe)
     try:
         summary = run_search(settings, progress=not no_progress and not as_json)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ what a sum of blocks misses.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import time
@@ -29,14 +30,14 @@ from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_TABLES_DIR
 from hilonas.latency.calibration import Calibration, fit_calibration
-from hilonas.latency.fingerprint import Fingerprint
+from hilonas.latency.fingerprint import Fingerprint, machine_details
 from hilonas.latency.keys import BlockKey
 from hilonas.latency.predictor import LatencyPredictor
 from hilonas.latency.table import LatencyTable
 from hilonas.spaces import SearchSpace
 
 __all__ = ["build_table", "ensure_table", "table_complete", "BuildReport", "machine_busy", "table_settings",
-           "warn_busy", "progress_bar", "DEFAULT_CALIB_NETWORKS"]
+           "warn_busy", "check_model_code", "progress_bar", "DEFAULT_CALIB_NETWORKS"]
 
 DEFAULT_CALIB_NETWORKS = 16
 DEFAULT_GROUP = 8
@@ -96,17 +97,35 @@ def machine_busy(seconds: float = 0.3) -> float | None:
     return max(0.0, min(1.0, 1.0 - (b[1] - a[1]) / (b[0] - a[0])))
 
 
+@functools.lru_cache(maxsize=1)
 def _model_code_hash() -> str:
-    """Hash of the source that decides what a block computes (layers and model), to tell stale tables apart."""
-    import hilonas.layers
-    import hilonas.models.hilonet
+    """Hash of the source that decides what a block computes (layers and model), to tell stale tables apart.
 
+    Reads the files without importing them (no torch import)."""
+    root = Path(__file__).resolve().parents[1]  # the hilonas package
     h = hashlib.sha256()
-    files = sorted(Path(hilonas.layers.__file__).parent.glob("*.py")) + [Path(hilonas.models.hilonet.__file__)]
-    for f in files:
+    for f in sorted((root / "layers").glob("*.py")) + [root / "models" / "hilonet.py"]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
+
+
+def check_model_code(table: LatencyTable, space: str | None = None, *, warn: bool = True) -> str | None:
+    """The warning for a table measured with other layer/model code than the installed one, or None.
+
+    Compares the table's ``settings['model_code']`` with the installed code's hash (tables without one are not
+    flagged: they predate the hash). With ``warn`` the line is printed to stderr, so every command that opens a
+    table for use (search, validate, export's re-measurement, bench latency, landmarks) flags a stale one.
+    """
+    stored = table.settings.get("model_code")
+    if not table.entries or stored in (None, _model_code_hash()):
+        return None
+    message = (f"warning: latency table {table.path} was measured with other layer/model code than this hilonas has "
+               f"(model_code {stored}, installed {_model_code_hash()}): its latencies may be wrong; delete it and "
+               f"rebuild with `hilonas latency build --space {space or 'SPACE'}`")
+    if warn:
+        print(message, file=sys.stderr)
+    return message
 
 
 def _settings(**overrides: Any) -> dict[str, Any]:
@@ -190,9 +209,6 @@ def _record_settings(table: LatencyTable, merged: dict[str, Any]) -> None:
     from hilonas.latency.measure import steady_allocator
 
     extra = {"model_code": _model_code_hash(), "allocator": steady_allocator()}
-    if table.entries and table.settings.get("model_code") not in (None, extra["model_code"]):
-        print(f"warning: {table.path} was measured with other layer/model code than this hilonas has: delete it "
-              "and build again if the blocks' computation changed", file=sys.stderr)
     if any(table.settings.get(k) != v for k, v in {**merged, **extra}.items()):
         table.set_settings({**table.settings, **merged, **extra})
 
@@ -271,6 +287,7 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
         raise HilonasError(f"--calib-networks={calib_networks!r} must be an integer >= 0")
     started = time.perf_counter()
     space, table = _open(space, fp, tables_dir, force)
+    check_model_code(table, space.name)
     merged = table_settings(table, settings)
     keys = space.enumerate_blocks()
     todo = table.incomplete(keys, merged["rounds"])
@@ -279,6 +296,8 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     busy = machine_busy() if todo or need_cal else None
     warn_busy(busy)
     _record_settings(table, merged)
+    if todo or need_cal:  # the host these measurements come from
+        table.set_details(machine_details(fp.device_kind))
     cal_archs = space.sample_distinct(calib_networks, f"calibration:{seed}") if need_cal else []
     with progress_bar(progress and bool(todo or need_cal)) as bar:
         timings = _measure(table, todo, cal_archs, fp, merged, bar, on_block, space.name)
@@ -327,6 +346,7 @@ def ensure_table(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path = D
     started = time.perf_counter()
     _, table = _open(space, fp, tables_dir, force)
     if table_complete(space, fp, table, **kwargs):
+        check_model_code(table, space.name)  # build_table checks it otherwise
         return BuildReport(table=table, blocks_total=len(table.entries), blocks_measured=0, blocks_completed=0,
                            networks_measured=0, seconds=round(time.perf_counter() - started, 2),
                            calibration=(table.calibration or {}).get("method"), machine_busy=None,

@@ -5,9 +5,12 @@ dtype, batch size and input resolution. Its ``id`` (``cpu-amd-epyc-t1-b1-r224-1a
 readable prefix plus a hash of every field, so two fingerprints share an id only when all fields agree.
 
 Reading the fingerprint of this machine imports torch (for its version and CUDA); the dataclass itself does not.
+:func:`machine_details` records what tells hosts behind one fingerprint apart (CPU flags, caches, clocks, GPU facts);
+it is kept next to a table, never hashed into the id.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +22,8 @@ from typing import Any
 
 from hilonas.errors import HilonasError
 
-__all__ = ["Fingerprint", "current_fingerprint", "cpu_model_name", "TARGETS", "BACKENDS", "DTYPES"]
+__all__ = ["Fingerprint", "current_fingerprint", "cpu_model_name", "machine_details", "details_diff", "TARGETS",
+           "BACKENDS", "DTYPES"]
 
 TARGETS = ("cpu", "cuda")
 BACKENDS = ("eager",)  # room for 'compiled' / 'onnxruntime'
@@ -158,3 +162,157 @@ def current_fingerprint(target: str = "cpu", *, threads: int = 1, batch: int = 1
     return Fingerprint(device_kind=target, device_name=name, capability=capability, logical_cores=_logical_cores(),
                        threads=threads, torch_version=str(torch.__version__), backend=backend, dtype=dtype,
                        batch=batch, resolution=resolution)
+
+
+# ------------------------------------------------------------------------------------------------ machine details
+# What tells two hosts with the same fingerprint apart (the fingerprint's device name is often just 'AMD EPYC' in a VM).
+# Recorded next to a table and printed by `hilonas hardware`; never part of the fingerprint id, so the id of a machine
+# stays what it was.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+_CACHE_NAMES = {(1, "Data"): "l1d_cache", (1, "Instruction"): "l1i_cache", (2, "Unified"): "l2_cache",
+                (3, "Unified"): "l3_cache"}
+_LABELS = {"cpu_model": "cpu model", "cpu_flags": "cpu flags", "l1d_cache": "l1d cache", "l1i_cache": "l1i cache",
+           "l2_cache": "l2 cache", "l3_cache": "l3 cache", "max_mhz": "max MHz", "cpu_mhz": "reported MHz",
+           "sockets": "sockets", "physical_cores": "physical cores", "logical_cpus": "logical cpus",
+           "kernel": "kernel", "glibc": "glibc", "gpu_name": "gpu", "gpu_capability": "gpu capability",
+           "gpu_sm_count": "gpu SMs", "gpu_memory_mib": "gpu memory MiB", "cuda_driver": "cuda driver",
+           "cuda_runtime": "cuda runtime"}
+_MHZ_TOLERANCE = 0.02  # the MHz /proc/cpuinfo reports moves a little between boots of one host
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _cpuinfo_facts() -> dict[str, Any]:
+    """Flags (the subset in :data:`KERNEL_FLAGS`), reported MHz, sockets and physical cores from ``/proc/cpuinfo``."""
+    text = _read("/proc/cpuinfo")
+    if not text:
+        return {}
+    flags: set[str] = set()
+    mhz: list[float] = []
+    cores: set[tuple[str, str]] = set()
+    sockets: set[str] = set()
+    current = {}
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if "core id" in current:
+                cores.add((current.get("physical id", "0"), current["core id"]))
+            current = {}
+            continue
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        current[name] = value
+        if name in ("flags", "features"):
+            flags.update(value.split())
+        elif name == "cpu mhz":
+            with contextlib.suppress(ValueError):
+                mhz.append(float(value))
+        elif name == "physical id":
+            sockets.add(value)
+    facts: dict[str, Any] = {"cpu_flags": [f for f in KERNEL_FLAGS if f in flags]} if flags else {}
+    if mhz:
+        facts["cpu_mhz"] = round(max(mhz))
+    if sockets:
+        facts["sockets"] = len(sockets)
+    if cores:
+        facts["physical_cores"] = len(cores)
+    return facts
+
+
+def _cache_sizes(cpu: str = "/sys/devices/system/cpu/cpu0") -> dict[str, str]:
+    """``{'l2_cache': '1024K', 'l3_cache': '32768K', ...}`` of one CPU, as sysfs writes the sizes."""
+    out = {}
+    for index in range(8):
+        base = f"{cpu}/cache/index{index}"
+        level, kind, size = _read(f"{base}/level"), _read(f"{base}/type"), _read(f"{base}/size")
+        if level is None:
+            continue
+        name = _CACHE_NAMES.get((int(level) if level.isdigit() else -1, kind or ""))
+        if name and size:
+            out[name] = size
+    return out
+
+
+def _max_mhz(model: str) -> int | None:
+    """The highest clock in MHz: cpufreq's ``cpuinfo_max_freq`` (kHz), else the '@ 2.60GHz' of the model string."""
+    for path in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",
+                 "/sys/devices/system/cpu/cpufreq/policy0/cpuinfo_max_freq"):
+        khz = _read(path)
+        if khz and khz.isdigit():
+            return round(int(khz) / 1000)
+    match = re.search(r"@\s*([0-9.]+)\s*GHz", model)
+    return round(float(match.group(1)) * 1000) if match else None
+
+
+def _cuda_details() -> dict[str, Any]:
+    """Name, capability, SM count, memory and CUDA versions of the current CUDA device (empty without one)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        out: dict[str, Any] = {"gpu_name": props.name, "gpu_capability": f"{props.major}.{props.minor}",
+                               "gpu_sm_count": int(props.multi_processor_count),
+                               "gpu_memory_mib": int(props.total_memory) // 2**20,
+                               "cuda_runtime": torch.version.cuda}
+    except Exception:  # a broken driver must not break `hilonas hardware`
+        return {}
+    driver = _read("/proc/driver/nvidia/version") or ""
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]+)", driver)
+    if match:
+        out["cuda_driver"] = match.group(1)
+    return out
+
+
+def machine_details(target: str = "cpu") -> dict[str, Any]:
+    """What the OS shows about this host beyond the fingerprint: CPU model, the ISA flags that change kernels
+    (:data:`KERNEL_FLAGS` present), cache sizes, clocks, sockets/cores/cpus, kernel release, glibc; with
+    ``target='cuda'`` also the GPU's name, capability, SM count, memory and the CUDA driver/runtime versions.
+
+    Facts the OS does not show are left out; this never raises. Only ``target='cuda'`` imports torch.
+    """
+    model = cpu_model_name()
+    details: dict[str, Any] = {"cpu_model": model}
+    details.update(_cpuinfo_facts())
+    details.update(_cache_sizes())
+    mhz = _max_mhz(model)
+    if mhz:
+        details["max_mhz"] = mhz
+    details["logical_cpus"] = os.cpu_count()
+    details["kernel"] = platform.release() or None
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        details["glibc"] = os.confstr("CS_GNU_LIBC_VERSION")
+    if target == "cuda":
+        details.update(_cuda_details())
+    return {k: v for k, v in details.items() if v not in (None, "")}
+
+
+def details_diff(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
+    """What differs between two :func:`machine_details` (``a``'s value first): ``['l3 cache 32768K vs 16384K',
+    'max MHz 3700 vs 2450']``. A fact only one side knows is not a difference; the reported MHz counts only when
+    neither side knows its max MHz and they differ by more than 2%."""
+    a, b = a or {}, b or {}
+    out = []
+    for key in [k for k in a if k in b]:
+        va, vb = a[key], b[key]
+        if key == "cpu_mhz":
+            if "max_mhz" in a or "max_mhz" in b or not _numbers(va, vb) or \
+                    abs(va - vb) <= _MHZ_TOLERANCE * max(va, vb, 1):
+                continue
+        elif va == vb or (key == "cpu_flags" and isinstance(va, list) and isinstance(vb, list)
+                          and set(va) == set(vb)):
+            continue
+        if isinstance(va, list) and isinstance(vb, list):
+            va, vb = " ".join(map(str, va)) or "none", " ".join(map(str, vb)) or "none"
+        out.append(f"{_LABELS.get(key, key.replace('_', ' '))} {va} vs {vb}")
+    return out
+
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)

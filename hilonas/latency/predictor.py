@@ -45,11 +45,16 @@ class LatencyPredictor:
             re-calibrating).
         measure_missing: measure a missing block on this machine (with the table's settings), add it to the table and
             save, instead of raising :class:`MissingBlockError`. Needs torch and the table's hardware.
+        speed_factor: this run's speed factor (:mod:`hilonas.latency.probe`): :meth:`predict` is the table's
+            prediction times it (1.0: the machine as it was when the table was measured).
     """
 
-    def __init__(self, table: LatencyTable, *, measure_missing: bool = False) -> None:
+    def __init__(self, table: LatencyTable, *, measure_missing: bool = False, speed_factor: float = 1.0) -> None:
+        if not speed_factor > 0:
+            raise HilonasError(f"speed_factor={speed_factor!r} must be > 0")
         self.table = table
         self.measure_missing = measure_missing
+        self.speed_factor = float(speed_factor)
         self.calibration: Calibration | None = Calibration.from_dict(table.calibration) if table.calibration else None
         self._cal = self.calibration or _IDENTITY
         self._raw: dict[BlockKey, float] = {}  # per key: stored median (ms)
@@ -103,7 +108,11 @@ class LatencyPredictor:
         return self._sums(arch)[0]
 
     def predict(self, arch: ArchConfig) -> float:
-        """Calibrated latency (ms) of ``arch`` on the table's hardware."""
+        """Calibrated latency (ms) of ``arch`` on the table's hardware, times this run's speed factor."""
+        return self._cal.finish(self._sums(arch)[1]) * self.speed_factor
+
+    def predict_base(self, arch: ArchConfig) -> float:
+        """Calibrated latency (ms) as the table was measured (no speed factor)."""
         return self._cal.finish(self._sums(arch)[1])
 
     def breakdown(self, arch: ArchConfig) -> dict[str, float]:

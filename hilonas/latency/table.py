@@ -45,6 +45,9 @@ SCHEMA = "hilonas.latency_table"
 SCHEMA_VERSION = 1
 _ENTRY_FIELDS = ("key", "median_ms", "spread", "runs", "noisy", "measured_at")
 _LOCK_TIMEOUT_S = 120.0
+# Optional top-level sections of a table file and their JSON types (see LatencyTable.sections).
+SECTIONS: dict[str, type] = {"probes": list, "validation": dict, "machine": dict}
+MAX_PROBES = 20
 
 
 def table_path(fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR) -> Path:
@@ -66,10 +69,14 @@ class LatencyTable:
             ``measured_at``, and whatever else the measurement recorded).
         calibration: the fitted whole-network correction (see :mod:`hilonas.latency.predictor`), or None.
         settings: how the entries were measured.
+        sections: the optional top-level sections of the file (:data:`SECTIONS`): ``probes``, the bounded speed-probe
+            history (list, newest last); ``validation``, the last validation's errors; ``machine``, details of the
+            host the table was measured on. Old files have none of them.
     """
 
     def __init__(self, path: str | Path, fingerprint: Fingerprint, entries: dict[str, dict] | None = None,
-                 calibration: dict | None = None, settings: dict | None = None) -> None:
+                 calibration: dict | None = None, settings: dict | None = None,
+                 sections: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.entries: dict[str, dict[str, Any]] = dict(entries or {})
@@ -78,6 +85,9 @@ class LatencyTable:
         self._dirty: set[str] = set()
         self._calibration_dirty = False
         self._settings_dirty = False
+        self.sections: dict[str, Any] = dict(sections or {})
+        self._sections_dirty: set[str] = set()
+        self._new_probes: list[dict[str, Any]] = []
         self._keys: dict[str, BlockKey] = {}
 
     # ------------------------------------------------------------------------------------------------- opening
@@ -126,6 +136,8 @@ class LatencyTable:
         table._dirty = set(table.entries)
         table._calibration_dirty = table.calibration is not None
         table._settings_dirty = bool(table.settings)
+        table._sections_dirty = {k for k in table.sections if k != "probes"}
+        table._new_probes = list(table.sections.get("probes", []))
         return table
 
     def _check_fingerprint(self, expect: Fingerprint) -> None:
@@ -136,7 +148,7 @@ class LatencyTable:
                 "with `hilonas latency build`, or pass --force to use it anyway")
 
     @classmethod
-    def _parse(cls, path: Path) -> tuple[Fingerprint, dict, dict | None, dict]:
+    def _parse(cls, path: Path) -> tuple[Fingerprint, dict, dict | None, dict, dict]:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -146,7 +158,7 @@ class LatencyTable:
         return cls._parse_text(text, path)
 
     @staticmethod
-    def _parse_text(text: str, path: Path) -> tuple[Fingerprint, dict, dict | None, dict]:
+    def _parse_text(text: str, path: Path) -> tuple[Fingerprint, dict, dict | None, dict, dict]:
         def corrupt(why: str) -> HilonasError:
             return HilonasError(f"latency table {path} is corrupt ({why}): repair or delete the file; "
                                 "hilonas never rebuilds over it")
@@ -193,7 +205,11 @@ class LatencyTable:
         settings = data.get("settings", {})
         if not isinstance(settings, dict):
             raise corrupt("'settings' is not an object")
-        return fp, entries, calibration, settings
+        sections = {name: data[name] for name in SECTIONS if data.get(name) is not None}
+        for name, kind in SECTIONS.items():
+            if name in sections and not isinstance(sections[name], kind):
+                raise corrupt(f"'{name}' is not a{'n object' if kind is dict else ' list'}")
+        return fp, entries, calibration, settings, sections
 
     # -------------------------------------------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -307,9 +323,57 @@ class LatencyTable:
 
         return Calibration.from_dict(self.calibration) if self.calibration else None
 
+    def set_section(self, name: str, value: Any) -> None:
+        """Replace the optional section ``name`` ('validation', 'machine'); written by the next :meth:`save`."""
+        if name not in SECTIONS or name == "probes":
+            raise ValueError(f"unknown table section {name!r}: use one of validation, machine (probes: add_probe)")
+        self.sections[name] = value
+        self._sections_dirty.add(name)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """What the OS showed of the host the table was measured on (:func:`~hilonas.latency.fingerprint.
+        machine_details`), the file's ``machine`` section; empty for files that predate it."""
+        return dict(self.sections.get("machine") or {})
+
+    def set_details(self, details: dict[str, Any]) -> None:
+        """Record the measuring host's details (the ``machine`` section; written and merged like settings)."""
+        self.set_section("machine", dict(details))
+
+    @property
+    def probes(self) -> list[dict[str, Any]]:
+        """The speed-probe history (newest last; at most :data:`MAX_PROBES`)."""
+        return list(self.sections.get("probes", []))
+
+    def add_probe(self, probe: dict[str, Any]) -> None:
+        """Append a speed probe to the history; the next :meth:`save` merges it with probes other processes saved."""
+        self._new_probes.append(dict(probe))
+        self.sections["probes"] = (self.probes + [dict(probe)])[-MAX_PROBES:]
+
     def set_settings(self, settings: dict[str, Any]) -> None:
         self.settings = dict(settings)
         self._settings_dirty = True
+
+    @property
+    def validation(self) -> dict[str, Any] | None:
+        """The last validation's summary (the file's ``validation`` section: ``n``, ``seed``, ``mape``, ``p90_ape``
+        (0.05 = 5%), ``within_10``, ``taken_at``, ``speed_factor``), or None when the table was never validated."""
+        value = self.sections.get("validation")
+        return dict(value) if value else None
+
+    def set_validation(self, summary: dict[str, Any]) -> None:
+        """Keep ``summary`` as the table's last validation; the next :meth:`save` writes it under the lock (merged
+        like the calibration: this one wins, the file's other sections are kept). ``taken_at`` is filled in when
+        absent."""
+        self.set_section("validation", {"taken_at": _now(), **summary})
+
+    @property
+    def p90_error(self) -> float | None:
+        """The validated 90th-percentile absolute relative error (0.05 = 5%), or None without a usable one."""
+        v = (self.validation or {}).get("p90_ape")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            return None
+        return float(v)
 
     # --------------------------------------------------------------------------------------------------- saving
     def to_dict(self) -> dict[str, Any]:
@@ -320,6 +384,7 @@ class LatencyTable:
             "fingerprint": self.fingerprint.to_dict(),
             "settings": self.settings,
             "calibration": self.calibration,
+            **{name: self.sections[name] for name in SECTIONS if name in self.sections},
             "entries": {kid: self.entries[kid] for kid in sorted(self.entries)},
         }
 
@@ -339,7 +404,7 @@ class LatencyTable:
         try:
             with lock.acquire(timeout=_LOCK_TIMEOUT_S):
                 if self.path.exists():
-                    fp, entries, calibration, settings = self._parse(self.path)
+                    fp, entries, calibration, settings, sections = self._parse(self.path)
                     differ = fp.diff(self.fingerprint)
                     if differ:
                         raise HilonasError(f"latency table {self.path} on disk belongs to other hardware "
@@ -351,13 +416,26 @@ class LatencyTable:
                         self.calibration = calibration
                     if not self._settings_dirty:
                         self.settings = settings
+                    self._merge_sections(sections)
                 self._write_atomic(_dumps(self.to_dict()))
         except Timeout:
             raise HilonasError(f"latency table {self.path} stayed locked for {_LOCK_TIMEOUT_S:.0f} s by another "
                                f"process: if none is running, delete {self.path}.lock") from None
         self._dirty.clear()
         self._calibration_dirty = self._settings_dirty = False
+        self._sections_dirty.clear()
+        self._new_probes.clear()
         return self.path
+
+    def _merge_sections(self, on_disk: dict[str, Any]) -> None:
+        """Sections changed here win; the probe history is the file's plus the probes added here (bounded)."""
+        merged = {k: v for k, v in on_disk.items() if k not in self._sections_dirty}
+        merged.update({k: self.sections[k] for k in self._sections_dirty if k in self.sections})
+        history = list(on_disk.get("probes", []))
+        history += [p for p in self._new_probes if p not in history]
+        if history:
+            merged["probes"] = history[-MAX_PROBES:]
+        self.sections = merged
 
     def _write_atomic(self, text: str) -> None:
         atomic_write(self.path, text)

@@ -5,7 +5,8 @@ One writer (this process), so SQLite never sees concurrent writers and crash-res
 result at once. Each trial goes through three small steps:
 
 - **ask and route** (:meth:`SearchLoop.start_next`): ask a trial, sample its architecture, predict its latency; a
-  trial over ``--max-latency-ms`` is told at once as infeasible, one whose network was already trained is told at
+  trial whose prediction x (1 + ``--latency-margin``) is over ``--max-latency-ms`` is told at once as infeasible
+  (:func:`feasibility`), one whose network was already trained is told at
   once with the earlier accuracy, anything else is submitted as a :class:`~hilonas.search.objective.TrialPayload`;
 - **evaluate**: :func:`hilonas.search.objective.evaluate` on a worker returns a
   :class:`~hilonas.search.objective.TrialResult`;
@@ -15,6 +16,7 @@ User attrs of a trial (results, export and the Pareto page read them): :data:`TR
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,8 +40,11 @@ if TYPE_CHECKING:
     from hilonas.latency.table import LatencyTable
 
 # Every user attr the driver stores on a trial (``retry_of`` is set by crash recovery, see studies.recover_stale).
-TRIAL_ATTRS = ("arch", "arch_text", "predicted_latency_ms", "throughput", "constraint", "feasible", "skipped",
-               "duplicate_of", *RESULT_ATTRS, "fail_reason")
+TRIAL_ATTRS = ("arch", "arch_text", "predicted_latency_ms", "throughput", "latency_margin", "constraint", "feasible",
+               "skipped", "duplicate_of", *RESULT_ATTRS, "fail_reason")
+# Study user attrs: the latency margin the last run used, the table's validated p90 error (the Pareto page shows them).
+STUDY_MARGIN_ATTR = "latency_margin"
+STUDY_ERROR_ATTR = "latency_error_p90"
 # What a duplicate trial copies from the trial that trained the same network.
 _DUPLICATE_ATTRS = ("flops", "params", "proxy", "train_seconds")
 
@@ -58,6 +63,8 @@ class SearchSettings:
     sampler: str = "nsga2"
     objective: str = "latency"
     max_latency_ms: float | None = None
+    latency_margin: str | float | None = None  # 'auto' (the table's validated p90 error) or a fraction in [0, 1)
+    probe: bool = True  # re-time the table's probe networks first and scale predictions to this machine's speed
     budget: dict[str, Any] = field(default_factory=dict)
     resolution: int = 32  # proxy training resolution; latency is always at the space's img_size
     seed: int = 0
@@ -83,6 +90,7 @@ class SearchSettings:
             raise HilonasError(f"--workers={self.workers} must be >= 1 (trials evaluated at once)")
         if self.max_latency_ms is not None and not self.max_latency_ms > 0:
             raise HilonasError(f"--max-latency-ms={self.max_latency_ms} must be > 0")
+        parse_margin(self.latency_margin)
         if self.target not in ("cpu", "cuda"):
             raise HilonasError(f"--target={self.target!r} is unknown: use cpu or cuda")
         studies.directions(self.objective)
@@ -105,6 +113,75 @@ class SearchSummary:
     stale_recovered: int = 0
     loop_seconds: float = 0.0  # from the first ask to the last tell (excludes startup and the table build)
     table_measured_on: str | None = None  # Ray node id where missing blocks were measured (cluster runs)
+
+
+# ------------------------------------------------------------------------------------------------- margin
+def parse_margin(value: str | float | None) -> str | float | None:
+    """``--latency-margin``: None, ``'auto'`` or a fraction in [0, 1) (a string like '0.05' is read as a number).
+
+    Raises:
+        HilonasError: one line naming ``--latency-margin`` for anything else.
+    """
+    if value is None:
+        return None
+    number: Any = value
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < 1:
+        raise HilonasError(f"--latency-margin={value!r} is not 'auto' or a fraction in [0, 1): use auto (the "
+                           "table's validated p90 error) or a fraction, e.g. 0.05")
+    return float(number)
+
+
+def resolve_margin(value: str | float | None, table: LatencyTable) -> float | None:
+    """The margin a search applies (None: none given); ``'auto'`` is the table's validated p90 error.
+
+    Raises:
+        HilonasError: ``auto`` for a table that was never validated (one line naming ``--latency-margin`` and the
+            fix), or a bad value (see :func:`parse_margin`).
+    """
+    parsed = parse_margin(value)
+    if parsed != "auto":
+        return parsed
+    p90 = table.p90_error
+    if p90 is None:
+        raise HilonasError(f"--latency-margin=auto needs the validated p90 error of latency table {table.path}, which "
+                           "has no validation: run `hilonas latency validate` first, or give a fraction, e.g. "
+                           "--latency-margin 0.05")
+    return p90
+
+
+def _check_auto_margin(settings: SearchSettings, fingerprint: Fingerprint) -> None:
+    """``--latency-margin auto`` with a local table that has no validation (or no table): refused before anything
+    is built. On a cluster (``--ray-address``) the check waits for the table the measuring node sends back."""
+    from hilonas.latency.table import LatencyTable
+
+    if parse_margin(settings.latency_margin) == "auto" and not settings.ray_address:
+        resolve_margin("auto", LatencyTable.open(fingerprint, tables_dir=settings.tables_dir, force=True))
+
+
+def record_latency_error(study: optuna.Study, margin: float | None, table: LatencyTable) -> None:
+    """Store the margin this run uses and the table's validated p90 error (when it has one) on the study."""
+    if margin is not None:
+        study.set_user_attr(STUDY_MARGIN_ATTR, margin)
+    if table.p90_error is not None:
+        study.set_user_attr(STUDY_ERROR_ATTR, table.p90_error)
+
+
+def feasibility(latency: float, limit: float | None, margin: float | None) -> dict[str, Any]:
+    """The trial attrs a predicted ``latency`` gets: ``latency_margin`` (when given) and, with a ``limit``,
+    ``constraint`` (``latency * (1 + margin) - limit``, Optuna's: <= 0 is feasible) and ``feasible``."""
+    attrs: dict[str, Any] = {} if margin is None else {"latency_margin": margin}
+    if limit is not None:
+        padded = latency * (1.0 + (margin or 0.0))
+        attrs["constraint"] = padded - limit
+        attrs["feasible"] = padded <= limit
+    return attrs
 
 
 # ------------------------------------------------------------------------------------------------- start-up
@@ -142,6 +219,7 @@ def open_search(settings: SearchSettings) -> OpenedSearch:
     fingerprint = current_fingerprint(settings.target, threads=settings.latency_threads,
                                       batch=settings.latency_batch, resolution=img_size)
     data = load_dataset(settings.data, resolution=settings.resolution, seed=settings.seed)
+    _check_auto_margin(settings, fingerprint)
     storage = studies.open_storage(storage_url)
     record = {"space": space.name, "space_source": space.source, "target": settings.target,
               "fingerprint_id": fingerprint.id, "objective": settings.objective,
@@ -175,18 +253,66 @@ def prepare_table(space: SearchSpace, fingerprint: Fingerprint, tables_dir: str,
     resource); that task returns the table file's text, which is merged into the local file under its lock
     (``LatencyTable.save``). The driver never writes a table file itself.
     """
-    from hilonas.latency.build import ensure_table, table_complete
+    from hilonas.latency.build import check_model_code, ensure_table, table_complete
     from hilonas.latency.table import LatencyTable, table_path
 
     if not executor.is_cluster:
         return ensure_table(space, fingerprint, tables_dir=tables_dir, progress=progress).table
     table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
     if table_complete(space, fingerprint, table):
+        check_model_code(table, space.name)
         return table
     text = executor.run_pinned(_ensure_table_task, space, fingerprint, str(table.path.parent.resolve()),
                                resource=hardware_resource(fingerprint), cpus=fingerprint.threads)
     LatencyTable.from_json(text, table_path(fingerprint, tables_dir), expect=fingerprint).save()
-    return LatencyTable.open(fingerprint, tables_dir=tables_dir)
+    table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
+    check_model_code(table, space.name)
+    return table
+
+
+STUDY_SPEED_ATTR = "speed_factor"  # the factor every trial's predicted latency is scaled by
+STUDY_PROBES_ATTR = "speed_probes"  # every probe a run of the study took (bounded)
+
+
+def _probe_task(fingerprint: Fingerprint, tables_dir: str) -> dict[str, Any] | None:
+    """Runs where the target hardware is: the speed probe of its table (recorded there), as a dict."""
+    from hilonas.latency.probe import probe_speed
+    from hilonas.latency.table import LatencyTable
+
+    probe = probe_speed(LatencyTable.open(fingerprint, tables_dir), fingerprint)
+    return probe.to_dict() if probe is not None else None
+
+
+def speed_factor(study: optuna.Study, table: LatencyTable, fingerprint: Fingerprint, executor: Executor,
+                 probe: bool) -> float:
+    """The factor this study's predictions are scaled by (see :mod:`hilonas.latency.probe`).
+
+    A new study takes it from a speed probe run now (on the target's node on a cluster). A resumed study keeps the
+    factor of its first run, so all its trials compare on one scale; the new probe is still recorded, and a warning
+    says when the machine moved by more than the probe's warning threshold since. ``probe=False`` takes no probe
+    (factor 1 for a new study).
+    """
+    from hilonas.latency.probe import WARN_FACTOR, SpeedProbe, warn_factor
+
+    kept = study.user_attrs.get(STUDY_SPEED_ATTR)
+    result = None
+    if probe:
+        tables_dir = str(table.path.parent.resolve())
+        result = (executor.run_pinned(_probe_task, fingerprint, tables_dir, resource=hardware_resource(fingerprint),
+                                      cpus=fingerprint.threads)
+                  if executor.is_cluster else _probe_task(fingerprint, tables_dir))
+    if result is not None:
+        history = list(study.user_attrs.get(STUDY_PROBES_ATTR, []))[-19:] + [result]
+        study.set_user_attr(STUDY_PROBES_ATTR, history)
+        if kept is None:
+            warn_factor(SpeedProbe(**{**result, "ratios": tuple(result["ratios"])}), table)
+        elif abs(result["factor"] / kept - 1) > WARN_FACTOR:
+            print(f"warning: this machine runs at {result['factor']:.2f}x the table's speed now, {kept:.2f}x when "
+                  "the study started; its trials keep the first factor so they stay comparable", file=sys.stderr)
+    if kept is None:
+        kept = result["factor"] if result is not None else 1.0
+        study.set_user_attr(STUDY_SPEED_ATTR, kept)
+    return float(kept)
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -208,8 +334,10 @@ class SearchLoop:
     """The state of one run of the trial loop: trials in flight, counts, known results, the progress view."""
 
     def __init__(self, settings: SearchSettings, opened: OpenedSearch, predictor: LatencyPredictor, executor: Executor,
-                 data_ref: Any, view: _Progress, on_event: Callable[[str, dict], None] | None = None) -> None:
+                 data_ref: Any, view: _Progress, on_event: Callable[[str, dict], None] | None = None,
+                 margin: float | None = None) -> None:
         self.settings = settings
+        self.margin = margin  # the resolved --latency-margin (None: none)
         self.study = opened.study
         self.name = opened.name
         self.space = opened.space
@@ -254,8 +382,9 @@ class SearchLoop:
         p = self.propose()
         if not p.feasible:
             # Known before training: recorded as infeasible (the constraint keeps it off every front).
+            margin = f" x (1 + {self.margin:g})" if self.margin else ""
             self.tell(p.trial, [0.0, p.second], TrialState.COMPLETE,
-                      {**p.attrs, "skipped": "predicted latency over --max-latency-ms: not trained"})
+                      {**p.attrs, "skipped": f"predicted latency{margin} over --max-latency-ms: not trained"})
             self.new_trials += 1
             return True
         prior = self.known.get(_arch_key(p.arch))
@@ -275,10 +404,7 @@ class SearchLoop:
         latency = self.predictor.predict(arch)
         attrs: dict[str, Any] = {"arch": arch.to_dict(), "arch_text": arch.describe(), "predicted_latency_ms": latency,
                                  "throughput": 1000.0 * self.settings.latency_batch / latency}
-        limit = self.settings.max_latency_ms
-        if limit is not None:
-            attrs["constraint"] = latency - limit
-            attrs["feasible"] = latency <= limit
+        attrs.update(feasibility(latency, self.settings.max_latency_ms, self.margin))
         return Proposal(trial, arch, attrs, self._second(attrs))
 
     def submit(self, p: Proposal) -> None:
@@ -353,11 +479,15 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
     loop: SearchLoop | None = None
     try:
         table = prepare_table(opened.space, fingerprint, settings.tables_dir, executor, progress)
+        margin = resolve_margin(settings.latency_margin, table)
+        record_latency_error(opened.study, margin, table)
+        factor = speed_factor(opened.study, table, fingerprint, executor, settings.probe)
         data_ref = executor.put(opened.data)
         executor.warm_up()
         view = _Progress(progress, settings.trials, executor.description)
         view.update(studies.finished_count(opened.study), 0, 0, _front_size(opened.study))
-        loop = SearchLoop(settings, opened, LatencyPredictor(table), executor, data_ref, view, on_event)
+        loop = SearchLoop(settings, opened, LatencyPredictor(table, speed_factor=factor), executor, data_ref, view,
+                          on_event, margin)
         loop_started = time.perf_counter()
         loop.run()
         loop_seconds = time.perf_counter() - loop_started

@@ -4,7 +4,8 @@ They are stored as a study attribute, not as trials, so samplers never mistake t
 """
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -14,9 +15,33 @@ from hilonas.search import study as studies
 from hilonas.search.objective import TrialPayload, evaluate
 from hilonas.spaces import SearchSpace
 
+if TYPE_CHECKING:
+    from hilonas.latency.fingerprint import Fingerprint
+
+
+NOT_MEASURABLE = "not measurable here"
+
+
+def on_target(settings: dict[str, Any], fingerprint: Fingerprint) -> bool:
+    """Whether this machine is the study's target (same fingerprint id); False when it cannot even be asked."""
+    from hilonas.latency.fingerprint import current_fingerprint
+
+    try:
+        here = current_fingerprint(settings.get("target") or fingerprint.device_kind, threads=fingerprint.threads,
+                                   batch=fingerprint.batch, resolution=fingerprint.resolution)
+    except (HilonasError, RuntimeError):
+        return False
+    return here.id == fingerprint.id
+
 
 def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR) -> list[dict[str, Any]]:
-    """Train and time every reference of the study's space with the study's own settings; store and return them."""
+    """Train and time every reference of the study's space with the study's own settings; store and return them.
+
+    Latency comes from the target's table. Blocks it lacks are measured (and added to it) only when this machine is
+    the study's target; elsewhere such a reference is marked :data:`NOT_MEASURABLE` (latency None, not trained,
+    left off the Pareto page) and no table file is written.
+    """
+    from hilonas.latency.build import check_model_code
     from hilonas.latency.fingerprint import Fingerprint
     from hilonas.latency.predictor import LatencyPredictor
     from hilonas.latency.table import LatencyTable
@@ -28,16 +53,22 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
         raise HilonasError(f"--landmarks: space {space.name!r} names no reference architectures "
                            "(add a 'references:' section to its YAML)")
     fingerprint = Fingerprint.from_dict(settings["fingerprint"])
-    predictor = LatencyPredictor(LatencyTable.open(fingerprint, tables_dir=tables_dir), measure_missing=True)
+    table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
+    check_model_code(table, space.name)
+    predictor = LatencyPredictor(table, measure_missing=on_target(settings, fingerprint))
     data = load_dataset(dataset_spec(settings.get("data")), resolution=int(settings["resolution"]),
                         seed=int(settings["seed"]))
     kept = {r["landmark"]: r for r in studies.landmark_records(study)}
-    records = []
+    records: list[dict[str, Any]] = []
     for label, arch in space.references:
         old = kept.get(label)
-        if old is not None and old.get("arch") == arch.to_dict() and old.get("accuracy") is not None:
+        if (old is not None and old.get("arch") == arch.to_dict() and old.get("accuracy") is not None
+                and old.get("predicted_latency_ms") is not None):
             records.append({k: v for k, v in old.items() if k not in ("study", "settings")})
             continue  # scored before with the same settings: a study's settings never change
+        if not predictor.measure_missing and predictor.missing(arch):
+            records.append(_not_measurable(len(records), label, arch, fingerprint, table))
+            continue
         latency = predictor.predict(arch)
         result = evaluate(TrialPayload(arch=arch, budget=dict(settings["budget"]), seed=int(settings["seed"])), data)
         records.append({"number": -1 - len(records), "state": "COMPLETE" if not result.failed else "FAIL",
@@ -47,3 +78,14 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
                         "params": result.params, "feasible": True})
     studies.store_landmarks(study, records)
     return records
+
+
+def _not_measurable(index: int, label: str, arch: Any, fingerprint: Fingerprint, table: Any) -> dict[str, Any]:
+    """The record of a reference whose blocks the table lacks, on a machine that is not the target (one warning)."""
+    why = (f"{NOT_MEASURABLE}: blocks missing from latency table {table.path} and this machine is not the study's "
+           f"target {fingerprint.id}")
+    print(f"warning: --landmarks {label}: {why}; left off the page (run `hilonas pareto --landmarks` on the target)",
+          file=sys.stderr)
+    return {"number": -1 - index, "state": "SKIPPED", "landmark": label, "arch": arch.to_dict(),
+            "arch_text": arch.describe(), "accuracy": None, "predicted_latency_ms": None, "throughput": None,
+            "feasible": False, "skipped": why}

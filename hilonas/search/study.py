@@ -110,6 +110,16 @@ def study_settings(study: optuna.Study) -> dict[str, Any]:
     return json.loads(study.user_attrs.get(SETTINGS_ATTR, "{}"))
 
 
+# Study user attrs the driver sets at each run's start (the margin it applied, the table's validated p90 error).
+LATENCY_ERROR_ATTRS = ("latency_margin", "latency_error_p90")
+
+
+def _record_settings(study: optuna.Study) -> dict[str, Any]:
+    """The study's settings plus its latency error attrs (what analysis reads with every trial record)."""
+    attrs = study.user_attrs
+    return {**study_settings(study), **{k: attrs[k] for k in LATENCY_ERROR_ATTRS if k in attrs}}
+
+
 def recover_stale(study: optuna.Study) -> int:
     """Trials left RUNNING by a crashed driver: mark FAILED and ask their architectures again. Returns how many."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -157,7 +167,7 @@ def load_existing(name: str, storage_url: str | None, runs_dir: str | Path = DEF
 
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     """Plain records of a study's trials (what analysis needs; analysis never imports optuna)."""
-    settings = study_settings(study)
+    settings = _record_settings(study)
     out = []
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
@@ -175,7 +185,7 @@ LANDMARKS_ATTR = "hilonas_landmarks"
 
 def landmark_records(study: optuna.Study) -> list[dict[str, Any]]:
     """The space's reference architectures scored like trials (``hilonas pareto --landmarks`` stores them)."""
-    settings = study_settings(study)
+    settings = _record_settings(study)
     return [{**r, "study": study.study_name, "settings": settings}
             for r in json.loads(study.user_attrs.get(LANDMARKS_ATTR, "[]"))]
 

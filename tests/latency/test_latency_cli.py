@@ -52,9 +52,28 @@ def test_validate_json_and_csv(capsys, built, tmp_path):
                          "--tables", str(table.path.parent), "--json", "--csv", str(csv))
     assert code == 0, err
     figures = json.loads(out)
-    assert set(figures) == {"n", "within_5", "within_10", "mape", "max_ape", "spearman", "bias", "drift"}
+    assert set(figures) == {"n", "within_5", "within_10", "mape", "p90_ape", "max_ape", "spearman", "bias", "drift",
+                            "probe", "within_5_drift_corrected", "within_10_drift_corrected", "mape_drift_corrected"}
     assert figures["n"] == 3
+    assert figures["probe"]["factor"] > 0 and figures["probe"]["networks"] == 3  # the tiny table's 3 networks
+    assert 0 <= figures["within_10_drift_corrected"] <= 1
     assert len(csv.read_text().strip().splitlines()) == 4
+    from hilonas.latency.table import LatencyTable
+
+    kept = LatencyTable.load(table.path)  # the table keeps the validation and the probe
+    assert kept.validation["n"] == 3 and kept.validation["p90_ape"] == pytest.approx(figures["p90_ape"], abs=1e-4)
+    assert kept.probes[-1]["factor"] == pytest.approx(figures["probe"]["factor"], abs=1e-4)
+
+
+def test_validate_no_probe(capsys, built):
+    space, table = built
+    code, out, err = run(capsys, "latency", "validate", "--space", str(space), "--n", "2", "--seed", "2",
+                         "--tables", str(table.path.parent), "--json", "--no-probe")
+    assert code == 0, err
+    assert json.loads(out)["probe"] is None
+    from hilonas.latency.table import LatencyTable
+
+    assert LatencyTable.load(table.path).probes == []
 
 
 def test_mismatched_table_needs_force(capsys, built):

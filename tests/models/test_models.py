@@ -105,7 +105,7 @@ FRESH = {
     "hilonas": ("import sys; import hilonas; light = 'torch' not in sys.modules; import timm; "
                 + _CREATE.format(name="litv2_s") + ", light)"),
     "timm": "import timm; import hilonas; " + _CREATE.format(name="litv2_s") + ", True)",
-    "hilonas.models": "import hilonas.models, timm; " + _CREATE.format(name="litv2_b") + ", True)",
+    "hilonas.models": "import hilonas.models, timm; " + _CREATE.format(name="litv2_m") + ", True)",
     "cli": "import sys, hilonas.cli; print('torch' in sys.modules)",
 }
 

@@ -31,8 +31,8 @@ class FakeCluster(LocalExecutor):
     def run_pinned(self, fn, *args, resource=None, cpus=1):
         self.pinned.append((fn.__name__, resource, cpus))
         self.last_pinned_node = "fake-node"
-        space, fingerprint, _driver_tables = args
-        return fn(space, fingerprint, str(self.node_dir))
+        *head, _driver_tables = args  # the table task and the probe task both take the tables folder last
+        return fn(*head, str(self.node_dir))
 
 
 def test_cluster_table_comes_back_as_text_and_is_merged(workdir, settings, put_table, target_fp, monkeypatch,
@@ -43,9 +43,10 @@ def test_cluster_table_comes_back_as_text_and_is_merged(workdir, settings, put_t
     from hilonas.spaces import SearchSpace
 
     node = tmp_path_factory.mktemp("node") / "latency_tables"
-    node_table = put_table(node.parent)  # the node has the complete table; the driver has none yet
+    node_table = put_table(node.parent)  # the node has the complete table; the driver only a block of another space
     local = workdir / "latency_tables" / node_table.name
     local.unlink()
+    local_only = local_only_entry(LatencyTable.load(node_table, expect=target_fp), local)
     cluster = FakeCluster(node)
     monkeypatch.setattr(driver, "make_executor", lambda *a, **k: cluster)
     summary = driver.run_search(settings(workdir, trials=2, workers=1), progress=False)
@@ -54,11 +55,29 @@ def test_cluster_table_comes_back_as_text_and_is_merged(workdir, settings, put_t
     assert cluster.pinned == [("_ensure_table_task", driver.hardware_resource(fp), fp.threads)]
     assert local.is_file() and summary.table == str(local)
     got, sent = LatencyTable.load(local, expect=fp), LatencyTable.load(node_table, expect=fp)
-    assert got.entries == sent.entries and got.calibration == sent.calibration
+    assert local_only.id not in sent.entries  # merged under the lock, never replaced: the local-only entry stays
+    assert got.entries[local_only.id]["median_ms"] == 1.25
+    assert {k: v for k, v in got.entries.items() if k != local_only.id} == sent.entries
+    assert got.calibration == sent.calibration
     assert table_complete(SearchSpace.load(str(workdir / "space.yaml")), fp, got)
-    # Complete here: nothing is sent to the node again.
-    driver.run_search(settings(workdir, trials=3, workers=1), progress=False)
-    assert len(cluster.pinned) == 1
+    # Complete here: nothing is sent to the node again, except the speed probe, which runs on the node too.
+    driver.run_search(settings(workdir, trials=3, workers=1, probe=True), progress=False)
+    assert cluster.pinned[1:] == [("_probe_task", driver.hardware_resource(fp), fp.threads)]
+    assert LatencyTable.load(node_table, expect=fp).probes  # recorded where it was measured
+
+
+def local_only_entry(node_table, local_path):
+    """Write a table at ``local_path`` holding one block no table of the space has; returns its key."""
+    import dataclasses
+
+    from hilonas.latency.table import LatencyTable
+
+    key = dataclasses.replace(node_table.key_of(sorted(node_table.entries)[0]), h=97, w=97)
+    assert key.id not in node_table.entries
+    table = LatencyTable(local_path, node_table.fingerprint)
+    table.add(key, {"median_ms": 1.25})
+    table.save()
+    return key
 
 
 def free_port() -> int:

@@ -40,7 +40,22 @@ def test_export_round_trip_timm_onnx_weights(export_study):
     assert doc["provenance"]["predicted_latency_ms"] == pytest.approx(trial.user_attrs["predicted_latency_ms"])
     # This machine is the study's target, so the latency was re-measured and compared.
     m = prov["measurement"]
-    assert m["measured"] and m["measured_latency_ms"] > 0 and "error" in m
+    assert m["measured"] and m["measured_latency_ms"] > 0
+    # ... with the table's protocol and statistic, in a fresh process under the serving environment it prints ...
+    from hilonas.latency.external import SERVING_ENV, serving_env_line
+    from hilonas.latency.table import LatencyTable
+
+    table = LatencyTable.load(next((study / "latency_tables").glob("*.json")))
+    assert m["statistic"] == table.statistic
+    assert m["runs"] == table.settings["rounds"] * table.settings["repeats"]
+    assert m["env"] == SERVING_ENV and m["environment"] == serving_env_line()
+    # ... against the table's prediction times today's speed factor, which the table's probe history records.
+    assert m["predicted_today_ms"] == pytest.approx(m["predicted_base_ms"] * m["speed_factor"])
+    assert m["error"] == pytest.approx(m["measured_latency_ms"] / m["predicted_today_ms"] - 1)
+    assert table.probes[-1]["factor"] == pytest.approx(m["speed_factor"], abs=1e-4)
+    measured = optuna.load_study(study_name="ex", storage=f"sqlite:///{study / 'runs' / 'ex' / 'study.db'}")
+    assert measured.user_attrs["measured_exports"]["0"]["measured_latency_ms"] == pytest.approx(
+        m["measured_latency_ms"])
     # Same model through hilonas and through timm; the saved weights load into both.
     path = str(study / "exp" / "arch.yaml")
     a = hilonas.create_model(path)
