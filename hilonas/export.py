@@ -26,7 +26,6 @@ from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write
 WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
 
 
-MEASURED_ATTR = "measured_exports"  # study user attr: trial number -> its export's re-measurement
 
 
 def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: float | None = None,
@@ -152,7 +151,7 @@ def export_from_study(study: str, out_dir: str | Path | None = None, *, storage:
     (the trial's results row, the folder written, the provenance); when the latency was re-measured, the provenance's
     ``measurement`` also holds ``error`` (measured / predicted - 1).
     """
-    from hilonas.search.study import load_existing, study_results, study_settings
+    from hilonas.search.study import MEASURED_EXPORTS_ATTR, load_existing, study_results, study_settings
 
     opened = load_existing(study, storage, runs_dir)
     df, _ = study_results([study], storage, runs_dir)
@@ -162,10 +161,10 @@ def export_from_study(study: str, out_dir: str | Path | None = None, *, storage:
     m = prov.get("measurement", {})
     if m.get("measured"):
         m["error_vs_study"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0
-        measured = dict(opened.user_attrs.get(MEASURED_ATTR, {}))
+        measured = dict(opened.user_attrs.get(MEASURED_EXPORTS_ATTR, {}))
         measured[str(int(row["number"]))] = {k: m[k] for k in ("measured_latency_ms", "predicted_today_ms",
                                                                 "speed_factor", "error", "measured_at")}
-        opened.set_user_attr(MEASURED_ATTR, measured)  # the Pareto page marks these points as measured
+        opened.set_user_attr(MEASURED_EXPORTS_ATTR, measured)  # the Pareto page marks these points as measured
     return row, target, prov
 
 

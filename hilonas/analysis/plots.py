@@ -64,6 +64,7 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
             fig.add_trace(go.Scatter(x=front[col], y=front["accuracy"], mode="lines", name=f"{name}: front",
                                      legendgroup=str(study), line={"color": colour, "shape": "hv", "width": 2},
                                      hoverinfo="skip", showlegend=False))
+        _measured(fig, part, colour, name, str(study), x)
         limit = part["max_latency_ms"].dropna()
         if not limit.empty:
             value = float(limit.iloc[0])
@@ -84,6 +85,27 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
         yaxis_title="proxy top-1 accuracy (held-out)", template="plotly_white", hovermode="closest",
         legend={"orientation": "h", "y": -0.2})
     return fig
+
+
+def _measured(fig: go.Figure, part: pd.DataFrame, colour: str, name: str, group: str, x: str) -> None:
+    """Exported trials re-measured on the target: a diamond at the measured figure, joined to the prediction."""
+    if x != "latency" or "measured_latency_ms" not in part:
+        return
+    done = part[part["measured_latency_ms"].notna()]
+    if done.empty:
+        return
+    xs, ys = [], []
+    for _, r in done.iterrows():
+        xs += [r["latency_ms"], r["measured_latency_ms"], None]
+        ys += [r["accuracy"], r["accuracy"], None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "dash": "dot", "width": 1},
+                             legendgroup=group, hoverinfo="skip", showlegend=False))
+    fig.add_trace(go.Scatter(
+        x=done["measured_latency_ms"], y=done["accuracy"], mode="markers", name=f"{name}: measured (exported)",
+        legendgroup=group, marker={"color": colour, "size": 11, "symbol": "diamond-open", "line": {"width": 2}},
+        hovertext=[f"<b>trial {r['number']}: measured {r['measured_latency_ms']:.2f} ms</b><br>predicted "
+                   f"{r['latency_ms']:.2f} ms ({r['measured_latency_ms'] / r['latency_ms'] - 1:+.1%})"
+                   for _, r in done.iterrows()], hoverinfo="text"))
 
 
 def write_html(fig: go.Figure, path: str | Path) -> Path:

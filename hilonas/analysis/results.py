@@ -39,7 +39,7 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "skipped": r.get("skipped"), "fail_reason": r.get("fail_reason"), "landmark": r.get("landmark"),
             "objective": settings.get("objective"), "max_latency_ms": settings.get("max_latency_ms"),
             "fingerprint_id": settings.get("fingerprint_id"), "arch": arch,
-            "latency_error": latency_error(r, settings),
+            "latency_error": latency_error(r, settings), "measured_latency_ms": r.get("measured_latency_ms"),
         }
         for i, st in enumerate(arch.get("stages", [])):
             for key in ("depth", "dim", "heads", "mixer", "alpha", "window", "mlp_ratio"):

@@ -168,6 +168,7 @@ def load_existing(name: str, storage_url: str | None, runs_dir: str | Path = DEF
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     """Plain records of a study's trials (what analysis needs; analysis never imports optuna)."""
     settings = _record_settings(study)
+    measured = study.user_attrs.get(MEASURED_EXPORTS_ATTR, {})  # trial number -> its export's re-measurement
     out = []
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
@@ -176,11 +177,13 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                     "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None,
-                    **t.user_attrs, "settings": settings})
+                    **t.user_attrs, "measured_latency_ms": measured.get(str(t.number), {}).get("measured_latency_ms"),
+                    "settings": settings})
     return out
 
 
 LANDMARKS_ATTR = "hilonas_landmarks"
+MEASURED_EXPORTS_ATTR = "measured_exports"  # written by hilonas.export when an export is re-measured
 
 
 def landmark_records(study: optuna.Study) -> list[dict[str, Any]]:

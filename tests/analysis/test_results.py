@@ -92,3 +92,18 @@ def test_knee_and_selection_rules():
         select_trial(df, trial=0, knee=True)
     with pytest.raises(HilonasError, match="--trial=5 has no result"):
         select_trial(df, trial=5)  # the FAILED trial
+
+
+def test_exported_trials_are_marked_measured_beside_their_prediction():
+    from hilonas.analysis.plots import pareto_figure
+
+    study = make_study("m", [(0.9, 10.0), (0.8, 5.0)])
+    study.set_user_attr("measured_exports", {"1": {"measured_latency_ms": 5.5}})
+    df = results_frame(trial_records(study))
+    assert df.set_index("number")["measured_latency_ms"].to_dict()[1] == 5.5
+    fig = pareto_figure(df)
+    (measured,) = [t for t in fig.data if t.name and t.name.endswith("measured (exported)")]
+    assert list(measured.x) == [5.5] and list(measured.y) == [0.8]
+    assert "+10.0%" in measured.hovertext[0]
+    # Latency axis only: on a throughput page there is no measured marker.
+    assert not [t for t in pareto_figure(df, x="throughput").data if t.name and "measured" in t.name]
