@@ -48,8 +48,9 @@ def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: 
             raise HilonasError(f"--trial={trial} is out of range: the study has trials 0..{int(df['number'].max())}"
                                if len(df) else f"--trial={trial}: the study has no trials")
         row = rows.iloc[0]
-        if row["state"] != "COMPLETE" or pd.isna(row["accuracy"]) or row.get("skipped"):
-            why = row.get("fail_reason") or row.get("skipped") or row["state"].lower()
+        skipped, failed = (row.get(k) if isinstance(row.get(k), str) else None for k in ("skipped", "fail_reason"))
+        if row["state"] != "COMPLETE" or pd.isna(row["accuracy"]) or skipped:  # (a missing text is NaN here)
+            why = failed or skipped or row["state"].lower()
             raise HilonasError(f"--trial={trial} has no result to export ({why}): pick a finished trial "
                                "(hilonas results STUDY lists them)")
         return row

@@ -107,3 +107,23 @@ def test_exported_trials_are_marked_measured_beside_their_prediction():
     assert "+10.0%" in measured.hovertext[0]
     # Latency axis only: on a throughput page there is no measured marker.
     assert not [t for t in pareto_figure(df, x="throughput").data if t.name and "measured" in t.name]
+
+
+def test_a_trial_can_be_exported_from_a_study_with_skipped_trials():
+    """A study with a latency limit has skipped (infeasible) trials; the others export by number."""
+    import pandas as pd
+
+    from hilonas.errors import HilonasError
+    from hilonas.export import select_trial
+
+    study = make_study("s", [(0.9, 10.0), (0.8, 5.0)], limit=7.0)
+    study.add_trial(create_trial(values=[0.0, 9.0], params={"s0_depth": 1},
+                                 distributions={"s0_depth": CategoricalDistribution([1, 2])},
+                                 user_attrs={"arch": ARCH, "arch_text": "x", "predicted_latency_ms": 9.0,
+                                             "throughput": 111.0, "feasible": False, "constraint": 2.0,
+                                             "skipped": "predicted latency over --max-latency-ms: not trained"}))
+    df = results_frame(trial_records(study))
+    assert pd.isna(df.set_index("number").loc[1, "skipped"])  # NaN where a trial has no such text
+    assert select_trial(df, trial=1)["number"] == 1
+    with pytest.raises(HilonasError, match="not trained"):
+        select_trial(df, trial=3)
