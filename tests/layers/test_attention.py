@@ -191,7 +191,7 @@ def test_hilo_matches_reference(alpha, window, hw):
     check_against_reference(m, ref_hilo, B, H, W)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # the same examples every run
 @given(H=st.integers(1, 12), W=st.integers(1, 12), window=st.integers(1, 5),
        alpha=st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.9, 1.0]), heads=st.sampled_from([1, 2, 4]),
        B=st.integers(1, 2))
