@@ -190,7 +190,7 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     statistic of the table the prediction came from. It is compared with the table's prediction times today's speed
     factor (a speed probe, unless ``probe`` is False): ``error`` = measured / predicted today - 1.
     """
-    from hilonas.latency.build import check_model_code
+    from hilonas.latency.build import check_model_code, measurement_settings
     from hilonas.latency.external import measure_in_subprocess, serving_env_line
     from hilonas.latency.fingerprint import Fingerprint, current_fingerprint
     from hilonas.latency.predictor import LatencyPredictor
@@ -211,13 +211,12 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     table = LatencyTable.open(target, tables_dir=tables_dir, force=True)
     check_model_code(table)
     speed = probe_speed(table, target) if probe else None
-    warn_factor(speed, table)
+    warn_factor(speed.factor if speed is not None else None, table)
     factor = speed.factor if speed is not None else 1.0
     base = LatencyPredictor(table).predict_base(arch)
-    keys = ("warmup", "repeats", "max_spread", "max_attempts", "rounds")
-    m = measure_in_subprocess(arch_yaml, threads=target.threads, batch=target.batch, statistic=table.statistic,
-                              device=target.device_kind, settings={k: table.settings[k] for k in keys
-                                                                  if k in table.settings})
+    settings = measurement_settings(table)
+    m = measure_in_subprocess(arch_yaml, threads=target.threads, batch=target.batch, statistic=settings["statistic"],
+                              device=target.device_kind, settings=settings)
     return {"measured": True, **m, "predicted_base_ms": base, "speed_factor": factor,
             "speed_probe": speed.to_dict() if speed is not None else None, "predicted_today_ms": base * factor,
             "error": m["measured_latency_ms"] / (base * factor) - 1.0, "environment": serving_env_line(),

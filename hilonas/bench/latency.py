@@ -28,7 +28,7 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
     """
     if archs < 1 or measure < 1:
         raise HilonasError(f"--archs={archs} and --measure={measure} must be >= 1")
-    from hilonas.latency.build import check_model_code
+    from hilonas.latency.build import check_model_code, measurement_settings
     from hilonas.latency.fingerprint import current_fingerprint
     from hilonas.latency.measure import figure_ms, measure_archs
     from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
@@ -51,9 +51,7 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
     predictor = LatencyPredictor(table)
     measured = sample[:measure]
     t0 = time.perf_counter()
-    timings = measure_archs(measured, fp, **{k: table.settings[k] for k in ("warmup", "repeats", "max_spread",
-                                                                            "max_attempts", "rounds", "chain")
-                                             if k in table.settings})
+    timings = measure_archs(measured, fp, **measurement_settings(table))
     measure_s = (time.perf_counter() - t0) / max(len(measured), 1)
     statistic = table.statistic
     rows = [{"arch": a.describe(), "predicted_ms": round(predictor.predict(a), 4),

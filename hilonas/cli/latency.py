@@ -66,8 +66,7 @@ def _tables_for(fp: Any, tables: str, details: dict[str, Any]) -> tuple[list[dic
             others.append({"path": str(path), "problem": problem})
         elif tfp.id == fp.id:
             t = LatencyTable.load(path, expect=fp)
-            probes = getattr(t, "probes", None) or []
-            table_details = getattr(t, "details", None) or {}
+            probes, table_details = t.probes, t.details
             matching.append({"path": str(path), "blocks": len(t.entries),
                              "calibration": (t.calibration or {}).get("method"), "statistic": t.statistic,
                              "details": table_details or None,

@@ -10,7 +10,9 @@
   ``fit_calibration``.
 - ``predictor``: :class:`LatencyPredictor` (microseconds per prediction, no torch) and ``MissingBlockError``.
 - ``build``: ``build_table`` / ``ensure_table`` (both return a :class:`BuildReport`), ``table_complete``.
-- ``validate``: ``validate_table``, the predictions against networks measured whole.
+- ``validate``: ``validate_table``, the predictions against networks measured whole (plain and drift-corrected).
+- ``probe``: the speed probe: a few of a table's networks re-timed, the factor predictions are scaled by today.
+- ``external``: an exported model measured in a fresh process under the serving environment line.
 
 Importing this package imports no torch; ``measure`` and ``timing`` do (``build`` and ``validate`` only when they
 measure).

@@ -37,7 +37,7 @@ from hilonas.latency.table import LatencyTable
 from hilonas.spaces import SearchSpace
 
 __all__ = ["build_table", "ensure_table", "table_complete", "BuildReport", "machine_busy", "table_settings",
-           "warn_busy", "check_model_code", "progress_bar", "DEFAULT_CALIB_NETWORKS"]
+           "warn_busy", "check_model_code", "progress_bar", "measurement_settings", "DEFAULT_CALIB_NETWORKS"]
 
 DEFAULT_CALIB_NETWORKS = 16
 DEFAULT_GROUP = 8
@@ -194,6 +194,12 @@ def table_settings(table: LatencyTable, overrides: dict[str, Any]) -> dict[str, 
     if table.entries and "statistic" not in table.settings:
         base["statistic"] = "median"  # a table written before 'min' existed
     return _settings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def measurement_settings(table: LatencyTable) -> dict[str, Any]:
+    """The protocol a whole network is measured with to compare with ``table``: its settings (defaults where it has
+    none) without the build-only ``group``; what ``measure_archs`` takes."""
+    return {k: v for k, v in table_settings(table, {}).items() if k != "group"}
 
 
 def warn_busy(busy: float | None) -> None:

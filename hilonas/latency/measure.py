@@ -42,7 +42,7 @@ __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_bl
 MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 20,
                                     "chain": 3, "statistic": "min"}
 STATISTICS = ("min", "median")
-_HARNESS_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
+HARNESS_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
 
 
 class Head(nn.Module):
@@ -217,7 +217,7 @@ def _harness(fp: Fingerprint, s: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of the timing harness for ``fp``'s target and the settings ``s``."""
     dev = device_of(fp)
     return {"rounds": s["rounds"], "threads": fp.threads if dev == "cpu" else None, "device": dev,
-            **{k: s[k] for k in _HARNESS_KEYS}}
+            **{k: s[k] for k in HARNESS_KEYS}}
 
 
 def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = True, **settings: Any) -> list[Timing]:

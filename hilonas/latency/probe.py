@@ -20,6 +20,7 @@ from typing import Any
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
+from hilonas.latency.calibration import calibration_networks
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.table import LatencyTable
 
@@ -69,13 +70,7 @@ class SpeedProbe:
 def probe_networks(table: LatencyTable, k: int = DEFAULT_PROBE_NETWORKS) -> list[tuple[ArchConfig, float]]:
     """``k`` of the table's calibration networks spanning its range of latencies (evenly spaced in rank, fastest
     and slowest included), each with the figure the table stored for it (ms)."""
-    nets = []
-    for net in (table.calibration or {}).get("networks", []):
-        try:
-            nets.append((ArchConfig.from_dict(net["arch"]), float(net["measured_ms"])))
-        except (HilonasError, KeyError, TypeError, ValueError):
-            continue
-    nets.sort(key=lambda pair: pair[1])
+    nets = sorted(calibration_networks(table.calibration), key=lambda pair: pair[1])
     if len(nets) <= k:
         return nets
     picks = sorted({round(i * (len(nets) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [len(nets) // 2]
@@ -90,6 +85,7 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
 
     With ``record`` the probe is appended to the table's probe history and saved (under the table's lock).
     """
+    from hilonas.latency.build import measurement_settings
     from hilonas.latency.measure import figure_ms, network_passes
     from hilonas.latency.timing import pool_timings
 
@@ -99,8 +95,7 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     if not probes:
         return None
     started = time.perf_counter()
-    keys = ("warmup", "repeats", "max_spread", "max_attempts", "chain", "rounds")
-    settings = {k: table.settings[k] for k in keys if k in table.settings}
+    settings = measurement_settings(table)
     passes: list[list] = []
     # Passes over the probes, as many as the budget allows (at least _MIN_ROUNDS, at most the table's rounds): stop
     # when one more pass, as long as the last one, would overrun.
@@ -124,14 +119,14 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     return probe
 
 
-def warn_factor(probe: SpeedProbe | None, table: LatencyTable) -> str | None:
-    """One warning line when the factor is far from 1 (printed to stderr and returned), else None."""
-    if probe is None or abs(probe.factor - 1) <= WARN_FACTOR:
+def warn_factor(factor: float | None, table: LatencyTable) -> str | None:
+    """One warning line when a probe's ``factor`` is far from 1 (printed to stderr and returned), else None."""
+    if factor is None or abs(factor - 1) <= WARN_FACTOR:
         return None
-    how = "slower" if probe.factor > 1 else "faster"
-    line = (f"warning: this machine runs {abs(probe.factor - 1):.0%} {how} than when {table.path} was measured "
+    how = "slower" if factor > 1 else "faster"
+    line = (f"warning: this machine runs {abs(factor - 1):.0%} {how} than when {table.path} was measured "
             "(other processes loading it, or another host behind the same CPU name): latencies shown are scaled by "
-            f"{probe.factor:.2f}; for a table of this host run `hilonas latency build --recalibrate` on an idle "
+            f"{factor:.2f}; for a table of this host run `hilonas latency build --recalibrate` on an idle "
             "machine")
     print(line, file=sys.stderr)
     return line

@@ -25,6 +25,7 @@ from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_TABLES_DIR
 from hilonas.latency.build import machine_busy, progress_bar, table_settings, warn_busy
+from hilonas.latency.calibration import calibration_networks
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
 from hilonas.latency.table import LatencyTable
@@ -49,13 +50,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def _calibration_networks(table: LatencyTable) -> dict[ArchConfig, float]:
     """The networks the table's calibration was fitted on (canonical) -> their measured figure (ms)."""
-    out: dict[ArchConfig, float] = {}
-    for net in (table.calibration or {}).get("networks", []):
-        try:
-            out[ArchConfig.from_dict(net["arch"]).canonical()] = float(net["measured_ms"])
-        except (HilonasError, KeyError, TypeError, ValueError):
-            continue
-    return out
+    return {arch.canonical(): ms for arch, ms in calibration_networks(table.calibration)}
 
 
 def _row(predictor: LatencyPredictor, arch: ArchConfig, timing: Any, statistic: str) -> dict[str, Any]:
@@ -170,7 +165,7 @@ def _start_probe(table: LatencyTable, fp: Fingerprint, probe: bool, budget_s: fl
     if not probe:
         return None
     speed = probe_speed(table, fp, budget_s=budget_s or DEFAULT_PROBE_BUDGET_S)
-    warn_factor(speed, table)
+    warn_factor(speed.factor if speed is not None else None, table)
     return speed
 
 

@@ -292,20 +292,22 @@ def speed_factor(study: optuna.Study, table: LatencyTable, fingerprint: Fingerpr
     says when the machine moved by more than the probe's warning threshold since. ``probe=False`` takes no probe
     (factor 1 for a new study).
     """
-    from hilonas.latency.probe import WARN_FACTOR, SpeedProbe, warn_factor
+    from hilonas.latency.probe import WARN_FACTOR, probe_speed, warn_factor
+    from hilonas.latency.table import MAX_PROBES
 
     kept = study.user_attrs.get(STUDY_SPEED_ATTR)
     result = None
-    if probe:
-        tables_dir = str(table.path.parent.resolve())
-        result = (executor.run_pinned(_probe_task, fingerprint, tables_dir, resource=hardware_resource(fingerprint),
-                                      cpus=fingerprint.threads)
-                  if executor.is_cluster else _probe_task(fingerprint, tables_dir))
+    if probe and executor.is_cluster:
+        result = executor.run_pinned(_probe_task, fingerprint, str(table.path.parent.resolve()),
+                                     resource=hardware_resource(fingerprint), cpus=fingerprint.threads)
+    elif probe:
+        local = probe_speed(table, fingerprint)
+        result = local.to_dict() if local is not None else None
     if result is not None:
-        history = list(study.user_attrs.get(STUDY_PROBES_ATTR, []))[-19:] + [result]
+        history = list(study.user_attrs.get(STUDY_PROBES_ATTR, []))[-(MAX_PROBES - 1):] + [result]
         study.set_user_attr(STUDY_PROBES_ATTR, history)
         if kept is None:
-            warn_factor(SpeedProbe(**{**result, "ratios": tuple(result["ratios"])}), table)
+            warn_factor(result["factor"], table)
         elif abs(result["factor"] / kept - 1) > WARN_FACTOR:
             print(f"warning: this machine runs at {result['factor']:.2f}x the table's speed now, {kept:.2f}x when "
                   "the study started; its trials keep the first factor so they stay comparable", file=sys.stderr)
