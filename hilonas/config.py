@@ -30,6 +30,22 @@ MERGES = ("conv", "dtm")
 STAGE_FIELDS = ("depth", "dim", "heads", "mlp_ratio", "mixer", "alpha", "window")
 _PER_STAGE = ("depths", "embed_dims", "num_heads", "mlp_ratios", "mixers", "alphas", "window_sizes")
 GLOBAL_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "merge", "qkv_bias", "drop_path_rate", "pad")
+# The largest value of each field hilonas builds: far beyond any real network, so a slip (an extra zero, a pasted
+# seed) is one line naming the field instead of an out-of-memory crash or an integer overflow inside torch.
+LIMITS: dict[str, float] = {"img_size": 8192, "patch_size": 1024, "in_chans": 1024, "num_classes": 1_000_000,
+                            "depth": 1024, "dim": 65536, "heads": 4096, "mlp_ratio": 64, "window": 1024}
+
+
+def _finite(value: Any) -> bool:
+    """False only for a float that is inf or nan (YAML's .inf and .nan); other types are judged elsewhere."""
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _over_limit(field: str, value: float) -> str | None:
+    """``'<field>=<value> is larger than <limit>, ...'`` when ``value`` exceeds :data:`LIMITS`, else None."""
+    if value > LIMITS[field]:
+        return f"{field}={value} is larger than {LIMITS[field]:g}, the most hilonas builds: use a smaller value"
+    return None
 
 
 class Stage(NamedTuple):
@@ -70,17 +86,21 @@ class ArchConfig:
                      window_sizes=int)
         for name, cast in casts.items():
             value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
                 raise ConfigError(f"{name}={value!r} must be a list with one entry per stage")
+            value = list(value)
+            if cast is not str and not all(_finite(v) for v in value):
+                raise ConfigError(f"{name}={value!r} must hold finite {cast.__name__} values, one per stage")
             try:
                 object.__setattr__(self, name, tuple(cast(v) for v in value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name}={list(value)!r} must hold {cast.__name__} values, one per stage") from None
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"{name}={value!r} must hold {cast.__name__} values, one per stage") from None
         for name, cast in (("img_size", int), ("patch_size", int), ("in_chans", int), ("num_classes", int),
                            ("drop_path_rate", float)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
-                raise ConfigError(f"{name}={value!r} must be a {cast.__name__}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or \
+                    (cast is int and value != int(value)):
+                raise ConfigError(f"{name}={value!r} must be a finite {cast.__name__}")
             object.__setattr__(self, name, cast(value))
         for name in ("qkv_bias", "pad"):
             if not isinstance(getattr(self, name), bool):
@@ -130,6 +150,10 @@ class ArchConfig:
             raise ConfigError(f"in_chans={self.in_chans} must be >= 1 (3 for RGB)")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes={self.num_classes} must be >= 0 (0 gives features only)")
+        for name in ("img_size", "patch_size", "in_chans", "num_classes"):
+            too_big = _over_limit(name, getattr(self, name))
+            if too_big:
+                raise ConfigError(too_big)
         if self.merge not in MERGES:
             raise ConfigError(f"merge={self.merge!r} is unknown: use one of {', '.join(MERGES)}")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -150,6 +174,10 @@ class ArchConfig:
                                   "(0 = all Hi-Fi, 1 = all Lo-Fi)")
             if s.window < 1:
                 raise ConfigError(f"{where}.window={s.window} must be >= 1")
+            for name in ("depth", "dim", "heads", "mlp_ratio", "window"):
+                too_big = _over_limit(name, getattr(s, name))
+                if too_big:
+                    raise ConfigError(f"{where}.{too_big}")
             self._validate_mixer(where, s, h, w)
         return self
 
@@ -199,8 +227,9 @@ class ArchConfig:
         if isinstance(data, dict) and "arch" in data and "stages" not in data:
             data = data["arch"]
         if not isinstance(data, dict):
-            raise ConfigError(f"architecture must be a mapping with 'stages', got {type(data).__name__}")
-        unknown = sorted(set(data) - {"stages", *GLOBAL_FIELDS})
+            raise ConfigError(f"architecture must be a mapping with 'stages', got {type(data).__name__}: write it as "
+                              "YAML fields, e.g. 'stages: [{depth: 2, dim: 64}]'")
+        unknown = sorted(set(data) - {"stages", *GLOBAL_FIELDS}, key=str)
         if unknown:
             raise ConfigError(f"unknown architecture field {unknown[0]!r}: allowed are stages, "
                               f"{', '.join(GLOBAL_FIELDS)}")
@@ -213,7 +242,7 @@ class ArchConfig:
         for i, st in enumerate(stages):
             if not isinstance(st, dict):
                 raise ConfigError(f"stages[{i}] must be a mapping with {', '.join(STAGE_FIELDS)}")
-            bad = sorted(set(st) - set(STAGE_FIELDS))
+            bad = sorted(set(st) - set(STAGE_FIELDS), key=str)
             if bad:
                 raise ConfigError(f"stages[{i}].{bad[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
             for key in ("depth", "dim"):
@@ -225,8 +254,9 @@ class ArchConfig:
                 integral = isinstance(value, int) and not isinstance(value, bool)
                 if key in ("depth", "dim", "heads", "window") and not integral:
                     raise ConfigError(f"stages[{i}].{key}={value!r} must be an integer")
-                if key in ("mlp_ratio", "alpha") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                    raise ConfigError(f"stages[{i}].{key}={value!r} must be a number")
+                if key in ("mlp_ratio", "alpha") and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                                      or not _finite(value)):
+                    raise ConfigError(f"stages[{i}].{key}={value!r} must be a finite number")
                 per_stage[name].append(value)
         kwargs = {k: v for k, v in data.items() if k != "stages"}
         return cls(**per_stage, **kwargs).validate()
@@ -238,15 +268,7 @@ class ArchConfig:
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> ArchConfig:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}:{where} is not valid YAML: fix the syntax "
-                              f"({getattr(err, 'problem', None) or err})") from None
+        data = load_yaml(text, source)
         try:
             return cls.from_dict(data)
         except ConfigError as err:
@@ -254,12 +276,9 @@ class ArchConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ArchConfig:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ConfigError(f"config file {path} cannot be read ({err.strerror}): check the path") from None
-        return cls.from_yaml(text, source=str(path))
+        from hilonas.io import read_text
+
+        return cls.from_yaml(read_text(path, "config file", error=ConfigError), source=str(path))
 
     def describe(self) -> str:
         """One compact line, e.g. ``[2x96 none | 2x192 none | 6x384 hilo h12 a0.9 w2 | 2x768 hilo h24 w1] @224``."""
@@ -277,6 +296,23 @@ class ArchConfig:
                 p += f" r{s.mlp_ratio:g}"
             parts.append(p)
         return "[" + " | ".join(parts) + f"] @{self.img_size}"
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The YAML document in ``text`` (plain data: safe_load); ConfigError naming ``source`` and the line when it is
+    not valid YAML. The one YAML parser of configs and spaces."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML: fix the syntax "
+                          f"({getattr(err, 'problem', None) or err})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML nests too deeply to read: a config is a mapping of stages and "
+                          "fields, a few levels deep") from None
 
 
 # The named LITv2 variants (REFERENCE.md section 2), as data only.

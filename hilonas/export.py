@@ -21,11 +21,32 @@ import pandas as pd
 from hilonas import __version__
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
-from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write
+from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write, read_text
 
 WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
+# Everything an export folder can hold; arch.yaml (the architecture plus its provenance) is always there.
+EXPORT_FILES = ("arch.yaml", "weights.safetensors", "model.onnx")
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace ``out_dir`` (``--force``) unless it holds an earlier export: an arch.yaml with ``arch`` and
+    ``provenance`` and no file an export does not write. A study folder, a home folder or a typo is never deleted.
+    """
+    names = sorted(p.name for p in out_dir.iterdir())
+    others = [n for n in names if n not in EXPORT_FILES or not (out_dir / n).is_file()]
+    why = f"holds {others[0]!r}, which no export writes" if others else "holds no exported arch.yaml"
+    if not others and "arch.yaml" in names:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(read_text(out_dir / "arch.yaml", "--out arch.yaml"))
+        except (HilonasError, yaml.YAMLError, RecursionError):
+            doc = None
+        if isinstance(doc, dict) and {"arch", "provenance"} <= set(doc):
+            return
+        why = "holds an arch.yaml that is not an export (no arch and provenance)"
+    raise HilonasError(f"--out {out_dir} {why}: --force replaces only an earlier export; choose a new folder, or "
+                       "empty this one yourself")
 
 
 def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: float | None = None,
@@ -90,13 +111,15 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
     """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written.
 
     An existing non-empty ``out_dir`` is refused unless ``force``, which replaces it only once the new export is
-    complete.
+    complete, and only when it holds an earlier export (see :func:`check_replaceable`).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise HilonasError(f"--out {out_dir} is a file: choose a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise HilonasError(f"--out {out_dir} exists and is not empty: choose a new folder or pass --force")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise HilonasError(f"--out {out_dir} exists and is not empty: choose a new folder or pass --force")
+        check_replaceable(out_dir)
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -187,8 +210,9 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
 
     The measurement runs in a fresh process that builds the model from ``arch_yaml`` with ``hilonas.create_model``
     under the serving environment line (:data:`hilonas.latency.external.SERVING_ENV`), with the protocol and the
-    statistic of the table the prediction came from. It is compared with the table's prediction times today's speed
-    factor (a speed probe, unless ``probe`` is False): ``error`` = measured / predicted today - 1.
+    statistic of the table the prediction came from. It is compared with the table's prediction corrected by a speed
+    probe taken now (unless ``probe`` is False; :mod:`hilonas.latency.probe`): ``error`` = measured / predicted
+    today - 1; ``speed_factor`` is the probe's headline factor.
     """
     from hilonas.latency.build import check_model_code, measurement_settings
     from hilonas.latency.external import measure_in_subprocess, serving_env_line
@@ -213,13 +237,14 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     speed = probe_speed(table, target) if probe else None
     warn_factor(speed.factor if speed is not None else None, table)
     factor = speed.factor if speed is not None else 1.0
-    base = LatencyPredictor(table).predict_base(arch)
+    predictor = LatencyPredictor(table, **(speed.correction() if speed is not None else {}))
+    base, today = predictor.predict_base(arch), predictor.predict(arch)
     settings = measurement_settings(table)
     m = measure_in_subprocess(arch_yaml, threads=target.threads, batch=target.batch, statistic=settings["statistic"],
                               device=target.device_kind, settings=settings)
     return {"measured": True, **m, "predicted_base_ms": base, "speed_factor": factor,
-            "speed_probe": speed.to_dict() if speed is not None else None, "predicted_today_ms": base * factor,
-            "error": m["measured_latency_ms"] / (base * factor) - 1.0, "environment": serving_env_line(),
+            "speed_probe": speed.to_dict() if speed is not None else None, "predicted_today_ms": today,
+            "error": m["measured_latency_ms"] / today - 1.0, "environment": serving_env_line(),
             "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -2,7 +2,8 @@
 
 The content goes to a temporary file in the destination's folder (same filesystem), is flushed and fsynced, then
 renamed over the destination with ``os.replace``: readers see the old file or the new one, never a mix. The
-temporary file is removed when anything fails. No torch import here.
+temporary file is removed when anything fails. Reading goes through ``read_text``, which turns every way a user's text
+file can be wrong into one HilonasError line. No torch import here.
 """
 from __future__ import annotations
 
@@ -13,13 +14,50 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Union
 
-__all__ = ["atomic_write", "write_csv_rows", "DEFAULT_TABLES_DIR", "DEFAULT_RUNS_DIR"]
+from hilonas.errors import HilonasError
+
+__all__ = ["atomic_write", "write_csv_rows", "read_text", "MAX_TEXT_BYTES", "DEFAULT_TABLES_DIR", "DEFAULT_RUNS_DIR"]
 
 # Where hilonas keeps what it writes, unless told otherwise (relative to the working directory).
 DEFAULT_TABLES_DIR = "latency_tables"
 DEFAULT_RUNS_DIR = "runs"
 
 Content = Union[str, bytes, Callable[[str], object]]
+# Configs, spaces and logs are a few kilobytes; a bigger "text" file is a wrong path (a dataset, /dev/zero).
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+
+
+def read_text(path: str | Path, what: str, *, error: type[HilonasError] = HilonasError) -> str:
+    """The UTF-8 text of the file ``path``; the one reader of the text files a user hands hilonas.
+
+    Args:
+        path: the file.
+        what: what the file is, in the user's words (``'config file'``, ``'space file'``), to start the message.
+        error: the HilonasError subclass raised.
+
+    Raises:
+        HilonasError (``error``): one line naming ``what``, the path and the fix when the file is missing, a folder,
+            unreadable, larger than :data:`MAX_TEXT_BYTES` or not UTF-8 text (a binary file).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_TEXT_BYTES + 1)
+    except FileNotFoundError:
+        raise error(f"{what} {path} cannot be read (it does not exist): check the path") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder: give the path of a file") from None
+    except OSError as err:
+        raise error(f"{what} {path} cannot be read ({err.strerror or err}): check the path and its "
+                    "permissions") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise error(f"{what} {path} is larger than {MAX_TEXT_BYTES // 2**20} MiB: give a text file of the right "
+                    "kind (is this the right path?)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}): give "
+                    "a text file (YAML, JSON), not a binary one") from None
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hilonas.config import GLOBAL_FIELDS, MIXERS, STAGE_FIELDS, ArchConfig
+from hilonas.config import GLOBAL_FIELDS, MIXERS, STAGE_FIELDS, ArchConfig, load_yaml
 from hilonas.errors import ConfigError
 
 _TOP_KEYS = ("name", "description", "fixed", "stages", "references")
@@ -41,7 +41,7 @@ def _stage_choices(i: int, st: Any) -> dict[str, tuple]:
     """The choices of stage ``i`` as written in a space file, checked field by field (defaults filled in)."""
     if not isinstance(st, dict):
         raise ConfigError(f"stages[{i}] must be a mapping of field -> choices")
-    extra = sorted(set(st) - set(STAGE_FIELDS))
+    extra = sorted(set(st) - set(STAGE_FIELDS), key=str)
     if extra:
         raise ConfigError(f"stages[{i}].{extra[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
     for key in ("depth", "dim"):
@@ -53,13 +53,18 @@ def _stage_choices(i: int, st: Any) -> dict[str, tuple]:
         values = tuple(value) if isinstance(value, list) else (value,)
         if not values:
             raise ConfigError(f"stages[{i}].{key} has no choices: give at least one value")
+        for v in values:
+            if isinstance(v, (list, dict, set)):
+                raise ConfigError(f"stages[{i}].{key} choice {v!r} is not a single value: give one value or a flat "
+                                  f"list of choices, e.g. {key}: {_flat_example(v)}")
         if len(set(values)) != len(values):
             raise ConfigError(f"stages[{i}].{key}={list(values)} repeats a choice: list each value once")
         for v in values:
             if key in _INT_FIELDS and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ConfigError(f"stages[{i}].{key} choice {v!r} must be an integer")
-            if key in _NUM_FIELDS and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ConfigError(f"stages[{i}].{key} choice {v!r} must be a number")
+            if key in _NUM_FIELDS and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v
+                                       or v in (float("inf"), float("-inf"))):
+                raise ConfigError(f"stages[{i}].{key} choice {v!r} must be a finite number")
             if key == "mixer" and v not in MIXERS:
                 raise ConfigError(f"stages[{i}].mixer choice {v!r} is unknown: use {', '.join(MIXERS)}")
         choices[key] = tuple(float(v) for v in values) if key in _NUM_FIELDS else values
@@ -81,34 +86,27 @@ class SearchSpace:
     @classmethod
     def load(cls, name_or_path: str | Path) -> SearchSpace:
         """Load a space by packaged name (``litv2_tiny``) or by path; raise ConfigError naming the problem."""
+        from hilonas.io import read_text
+
         text = str(name_or_path)
         path = Path(text)
-        if path.is_file():
-            source, raw = str(path), path.read_text()
+        shipped = packaged_spaces()
+        stem = text[:-5] if text.endswith(".yaml") else text
+        if path.is_file() or (path.exists() and stem not in shipped):
+            source, raw = str(path), read_text(path, "space file", error=ConfigError)
+        elif stem in shipped and "/" not in text:
+            source, raw = f"search_spaces/{stem}.yaml", shipped[stem].read_text(encoding="utf-8")
+        elif "/" in text or text.endswith((".yaml", ".yml")):
+            raise ConfigError(f"space file {text} does not exist: check the path, or use a shipped space "
+                              f"({', '.join(sorted(shipped))})")
         else:
-            shipped = packaged_spaces()
-            stem = text[:-5] if text.endswith(".yaml") else text
-            if stem in shipped and "/" not in text:
-                source, raw = f"search_spaces/{stem}.yaml", shipped[stem].read_text()
-            elif "/" in text or text.endswith((".yaml", ".yml")):
-                raise ConfigError(f"space file {text} does not exist: check the path, or use a shipped space "
-                                  f"({', '.join(sorted(shipped))})")
-            else:
-                raise ConfigError(f"space {text!r} is unknown: use a shipped space ({', '.join(sorted(shipped))}) "
-                                  "or the path of a YAML file")
+            raise ConfigError(f"space {text!r} is unknown: use a shipped space ({', '.join(sorted(shipped))}) "
+                              "or the path of a YAML file")
         return cls.from_yaml(raw, source)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> SearchSpace:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}:{where} is not valid YAML: fix the syntax "
-                              f"({getattr(err, 'problem', None) or err})") from None
+        data = load_yaml(text, source)
         try:
             return cls.from_dict(data, source)
         except ConfigError as err:
@@ -117,14 +115,16 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> SearchSpace:
         if not isinstance(data, dict):
-            raise ConfigError("a space must be a mapping with 'stages' (and optional name, description, fixed)")
-        unknown = sorted(set(data) - set(_TOP_KEYS))
+            raise ConfigError(f"a space must be a mapping with 'stages' (and optional name, description, fixed), "
+                              f"got {type(data).__name__}: write it as YAML fields, e.g. 'stages: [{{depth: [1, 2], "
+                              "dim: [32, 64]}]'")
+        unknown = sorted(set(data) - set(_TOP_KEYS), key=str)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}: a space has {', '.join(_TOP_KEYS)}")
         fixed = data.get("fixed") or {}
         if not isinstance(fixed, dict):
             raise ConfigError("fixed must be a mapping of global fields (img_size, patch_size, ...)")
-        bad = sorted(set(fixed) - set(GLOBAL_FIELDS))
+        bad = sorted(set(fixed) - set(GLOBAL_FIELDS), key=str)
         if bad:
             raise ConfigError(f"fixed.{bad[0]} is not a global field: allowed are {', '.join(GLOBAL_FIELDS)}")
         raw_stages = data.get("stages")
@@ -296,6 +296,13 @@ class _SeededTrial:
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         return self.rng.choice(list(choices))
+
+
+def _flat_example(value: Any) -> str:
+    """``[64, 96]`` for a nested choice ``[[64, 96]]``: the flat list the user probably meant."""
+    flat = [x for x in (value if isinstance(value, (list, set)) else value.values())
+            if not isinstance(x, (list, dict, set))]
+    return "[" + ", ".join(map(str, flat or ["a", "b"])) + "]"
 
 
 def _short(stage: dict[str, Any]) -> str:

@@ -175,12 +175,14 @@ def _read_log(log_path: Path | None, setup: dict[str, Any]) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if log_path is None or not log_path.exists():
         return done
-    for line in log_path.read_text().splitlines():
+    from hilonas.io import read_text
+
+    for line in read_text(log_path, "--log").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
-        if rec.get("setup") == setup:
+        if isinstance(rec, dict) and rec.get("setup") == setup and isinstance(rec.get("arch"), dict):
             done[json.dumps(rec["arch"], sort_keys=True)] = rec
     return done
 

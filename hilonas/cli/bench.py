@@ -10,10 +10,14 @@ import typer
 from hilonas.cli._common import (
     DEFAULT_PROXY_RESOLUTION,
     batch_option,
+    count_option,
     echo_json,
     json_option,
+    number_option,
+    output_file_option,
     quiet_torch,
     resolution_option,
+    seed_option,
     space_option,
     tables_option,
     target_option,
@@ -40,15 +44,16 @@ def _emit(result: Any, as_json: bool, fmt: Callable[[Any], str]) -> None:
 
 
 @app.command("attention", epilog=_ATTENTION_EPILOG)
-def bench_attention(batch: int = typer.Option(64, help="images per forward"),
-                    tokens: int = typer.Option(14, help="token map side (tokens x tokens)"),
-                    dim: int = typer.Option(768), heads: int = typer.Option(12),
-                    alpha: float = typer.Option(0.9, help="HiLo alpha"),
-                    hilo_window: int = typer.Option(2, help="HiLo window size"),
-                    sr_ratio: int = typer.Option(2, help="SRA reduction ratio"),
-                    local_window: int = typer.Option(7, help="local window attention size"),
-                    repeats: int = typer.Option(10, help="interleaved timing rounds"),
-                    threads: int = typer.Option(2, help="CPU threads"),
+def bench_attention(batch: int = count_option(64, help="images per forward"),
+                    tokens: int = count_option(14, help="token map side (tokens x tokens)"),
+                    dim: int = count_option(768, help="channel width"),
+                    heads: int = count_option(12, help="attention heads"),
+                    alpha: float = number_option(0.9, help="HiLo alpha", strictly=False, maximum=1.0),
+                    hilo_window: int = count_option(2, help="HiLo window size"),
+                    sr_ratio: int = count_option(2, help="SRA reduction ratio"),
+                    local_window: int = count_option(7, help="local window attention size"),
+                    repeats: int = count_option(10, help="interleaved timing rounds"),
+                    threads: int = threads_option("CPU threads", default=2),
                     device: str = typer.Option("cpu", help="cpu or cuda"),
                     as_json: bool = json_option()) -> None:
     """The HiLo paper's single-layer comparison: every mixer, fused and explicit, img/s and ratios to HiLo-fused."""
@@ -72,22 +77,23 @@ def _extra_epochs(text: str) -> list[float]:
 
 @app.command("proxy")
 def bench_proxy(space: str = space_option(),
-                n: int = typer.Option(16, help="architectures to sample"),
-                seed: int = typer.Option(0, help="sampling, split, initialisation and batch order"),
+                n: int = count_option(16, help="architectures to sample"),
+                seed: int = seed_option("sampling, split, initialisation and batch order"),
                 data: Optional[str] = typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, "
                                                    "digits (default: the embedded MNIST subset)"),
-                resolution: int = typer.Option(DEFAULT_PROXY_RESOLUTION, help="proxy resolution"),
-                epochs: Optional[float] = typer.Option(None, help="default proxy budget in epochs (default: "
-                                                       "ProxyBudget's)"),
-                reference_factor: float = typer.Option(10.0, help="the reference trains this many times longer"),
-                reference_seeds: int = typer.Option(1, help="reference runs per architecture (mean accuracy)"),
-                val_fraction: Optional[float] = typer.Option(None, help="held-out share where the data has no "
-                                                             "split (default: 0.5 embedded, 0.2 folders)"),
+                resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="proxy resolution"),
+                epochs: Optional[float] = number_option(None, help="default proxy budget in epochs (default: "
+                                                        "ProxyBudget's)"),
+                reference_factor: float = number_option(10.0, help="the reference trains this many times longer"),
+                reference_seeds: int = count_option(1, help="reference runs per architecture (mean accuracy)"),
+                val_fraction: Optional[float] = number_option(None, help="held-out share where the data has no "
+                                                              "split (default: 0.5 embedded, 0.2 folders)",
+                                                              maximum=1.0),
                 extra_epochs: str = typer.Option("", help="other budgets to compare, comma-separated epochs "
                                                  "(e.g. 0.5,1,4)"),
-                workers: int = typer.Option(1, help="processes scoring architectures side by side"),
+                workers: int = count_option(1, help="processes scoring architectures side by side"),
                 threads: int = threads_option("torch threads per worker"),
-                log: Optional[Path] = typer.Option(None, help="JSONL of finished architectures; resumes from it"),
+                log: Optional[Path] = output_file_option("JSONL of finished architectures; resumes from it"),
                 as_json: bool = json_option()) -> None:
     """Rank agreement (Spearman, Kendall) of every accuracy proxy with a 10x longer training, and its cost."""
     extra = _extra_epochs(extra_epochs)
@@ -107,9 +113,9 @@ def bench_proxy(space: str = space_option(),
 
 @app.command("search")
 def bench_search(space: str = space_option(),
-                 trials: int = typer.Option(8, help="trials per run (one run with 1 worker, one with 2)"),
-                 steps: int = typer.Option(60, help="proxy training steps per trial"),
-                 seed: int = typer.Option(0),
+                 trials: int = count_option(8, help="trials per run (one run with 1 worker, one with 2)"),
+                 steps: int = count_option(60, help="proxy training steps per trial"),
+                 seed: int = seed_option(),
                  tables: str = tables_option("latency tables folder"),
                  as_json: bool = json_option()) -> None:
     """Driver overhead (share of the trial loop not spent evaluating) with 1 and 2 workers, and the speed-up."""
@@ -130,8 +136,8 @@ def bench_latency(space: str = space_option(),
                   batch: int = batch_option(),
                   resolution: Optional[int] = resolution_option(),
                   tables: str = tables_option(),
-                  archs: int = typer.Option(2000, help="architectures to predict"),
-                  measure: int = typer.Option(3, help="networks to measure whole for the ratio"),
+                  archs: int = count_option(2000, help="architectures to predict"),
+                  measure: int = count_option(3, help="networks to measure whole for the ratio"),
                   as_json: bool = json_option()) -> None:
     """Microseconds per latency prediction from a loaded table, against measuring the network."""
     quiet_torch()

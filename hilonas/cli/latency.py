@@ -1,6 +1,7 @@
 """``hilonas hardware`` and ``hilonas latency build|validate``: this machine's fingerprint and its latency tables."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -8,11 +9,14 @@ import typer
 from hilonas.cli._common import (
     DEFAULT_RESOLUTION,
     batch_option,
+    count_option,
     echo_json,
     json_option,
     no_probe_option,
+    output_file_option,
     quiet_torch,
     resolution_option,
+    seed_option,
     space_option,
     tables_option,
     target_option,
@@ -42,7 +46,8 @@ def fingerprint_for(target: str, threads: int, batch: int, resolution: Optional[
 
 
 def _probe_line(probe: dict[str, Any]) -> str:
-    """``'1.27x slower than the table, 2026-11-22T18:01'`` for a probe of the table's history."""
+    """``'1.27x slower than the table (by kind: block:hilo 1.25, merge 1.60, ...), 2026-11-22T18:01'`` for a probe
+    of the table's history."""
     factor = probe.get("factor")
     if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
         how = f"factor {factor!r}"
@@ -50,6 +55,10 @@ def _probe_line(probe: dict[str, Any]) -> str:
         how = f"{factor:.2f}x slower than the table"
     else:
         how = f"{1 / factor:.2f}x faster than the table"
+    groups = probe.get("group_factors")
+    if isinstance(groups, dict) and groups:
+        how += " (by kind: " + ", ".join(f"{g} {v:.2f}" if isinstance(v, (int, float)) else f"{g} {v!r}"
+                                         for g, v in sorted(groups.items())) + ")"
     taken = str(probe.get("taken_at") or "")[:16]
     return how + (f", {taken}" if taken else "")
 
@@ -71,7 +80,7 @@ def _tables_for(fp: Any, tables: str, details: dict[str, Any]) -> tuple[list[dic
                              "calibration": (t.calibration or {}).get("method"), "statistic": t.statistic,
                              "details": table_details or None,
                              "details_diff": details_diff(details, table_details),
-                             "probe": probes[-1] if probes else None})
+                             "probe": probes[-1] if probes and isinstance(probes[-1], dict) else None})
         else:
             others.append({"path": str(path), "differs_in": tfp.diff(fp)})
     return matching, others
@@ -93,7 +102,7 @@ def _echo_matching(matching: list[dict]) -> None:
 def hardware(target: str = target_option(),
              threads: int = threads_option("CPU threads the latency is measured with"),
              batch: int = batch_option(),
-             resolution: int = typer.Option(DEFAULT_RESOLUTION, help="input image side in pixels"),
+             resolution: int = count_option(DEFAULT_RESOLUTION, help="input image side in pixels"),
              tables: str = tables_option(),
              as_json: bool = json_option()) -> None:
     """This machine's hardware fingerprint, what else the OS shows of it, and the latency tables that match it."""
@@ -132,10 +141,10 @@ def latency_build(space: str = space_option(),
                   tables: str = tables_option(),
                   force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
                   recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
-                  calib_networks: int = typer.Option(DEFAULT_CALIB_NETWORKS,
-                                                     help="whole networks measured for the calibration"),
-                  repeats: Optional[int] = typer.Option(None, help="timed calls per pass (default 12)"),
-                  rounds: Optional[int] = typer.Option(None, help="passes over all blocks (default 20)"),
+                  calib_networks: int = count_option(DEFAULT_CALIB_NETWORKS, minimum=0,
+                                                     help="whole networks measured for the calibration (0: none)"),
+                  repeats: Optional[int] = count_option(None, help="timed calls per pass (default 12)"),
+                  rounds: Optional[int] = count_option(None, help="passes over all blocks (default 20)"),
                   as_json: bool = json_option()) -> None:
     """Measure every block of a space on this machine into its latency table, then fit the calibration."""
     fp, sp = fingerprint_for(target, threads, batch, resolution, space)
@@ -170,8 +179,8 @@ def _validate(sp: Any, fp: Any, n: int, seed: int, tables: str, table: Optional[
 
 @app.command("validate")
 def latency_validate(space: str = space_option(),
-                     n: int = typer.Option(DEFAULT_VALIDATE_N, "--n", help="random networks to measure"),
-                     seed: int = typer.Option(0, help="sampling seed"),
+                     n: int = count_option(DEFAULT_VALIDATE_N, "--n", help="random networks to measure"),
+                     seed: int = seed_option("sampling seed"),
                      target: str = target_option(),
                      threads: int = threads_option(),
                      batch: int = batch_option(),
@@ -181,7 +190,7 @@ def latency_validate(space: str = space_option(),
                      force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
                      no_probe: bool = no_probe_option(),
                      as_json: bool = json_option("print the figures as one JSON object"),
-                     csv: Optional[str] = typer.Option(None, help="write the per-network rows to this CSV")) -> None:
+                     csv: Optional[Path] = output_file_option("write the per-network rows to this CSV")) -> None:
     """Measure N random networks whole and report how far the table's predictions are off."""
     fp, sp = fingerprint_for(target, threads, batch, resolution, space)
     quiet_torch()

@@ -9,10 +9,15 @@ import typer
 from hilonas.cli._common import (
     DEFAULT_PROXY_RESOLUTION,
     DEFAULT_RUNS_DIR,
+    count_option,
     data_option,
     echo_json,
     json_option,
+    number_option,
+    output_folder_option,
     quiet_torch,
+    seed_option,
+    threads_option,
 )
 
 DEFAULT_TRAIN_EPOCHS = 10.0
@@ -22,7 +27,7 @@ DEFAULT_TRAIN_OUT = Path(DEFAULT_RUNS_DIR) / "train"
 def flops(config: str = typer.Argument(..., help="variant name (litv2_s, litv2_m, litv2_b) or a config YAML"),
           img_size: Optional[int] = typer.Option(None, help="input resolution (default: the config's img_size)"),
           time_forward: bool = typer.Option(False, "--time", help="also time one forward pass (median of repeats)"),
-          threads: int = typer.Option(1, help="CPU threads for --time"),
+          threads: int = threads_option("CPU threads for --time"),
           as_json: bool = json_option()) -> None:
     """Parameters and FLOPs (multiply-accumulates, fvcore) of an architecture, by stage."""
     quiet_torch()
@@ -45,14 +50,15 @@ def flops(config: str = typer.Argument(..., help="variant name (litv2_s, litv2_m
 
 def train(config: str = typer.Argument(..., help="variant name or a config YAML (an exported file too)"),
           data: Optional[str] = data_option(),
-          epochs: float = typer.Option(DEFAULT_TRAIN_EPOCHS, help="passes over the training split"),
-          resolution: int = typer.Option(DEFAULT_PROXY_RESOLUTION, help="training resolution"),
-          seed: int = typer.Option(0),
-          batch_size: int = typer.Option(64),
-          lr: float = typer.Option(2e-3, help="peak AdamW learning rate"),
-          threads: int = typer.Option(1, help="torch threads"),
+          epochs: float = number_option(DEFAULT_TRAIN_EPOCHS, help="passes over the training split"),
+          resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="training resolution"),
+          seed: int = seed_option("initialisation, split and batch order"),
+          batch_size: int = count_option(64, help="images per training step"),
+          lr: float = number_option(2e-3, help="peak AdamW learning rate"),
+          threads: int = threads_option("torch threads"),
           device: str = typer.Option("cpu", help="cpu or cuda"),
-          out: Path = typer.Option(DEFAULT_TRAIN_OUT, help="folder for weights.safetensors, config.yaml, metrics.json"),
+          out: Path = output_folder_option(DEFAULT_TRAIN_OUT, "folder for weights.safetensors, config.yaml, "
+                                           "metrics.json"),
           as_json: bool = json_option("print the metrics as one JSON object")) -> None:
     """Train one architecture with the proxy trainer and save its weights (safetensors) and config."""
     quiet_torch()

@@ -8,9 +8,13 @@ import typer
 
 from hilonas.cli._common import (
     DEFAULT_RUNS_DIR,
+    count_option,
     echo_json,
     json_option,
     no_probe_option,
+    number_option,
+    output_file_option,
+    output_folder_option,
     quiet_torch,
     runs_option,
     storage_option,
@@ -23,8 +27,8 @@ RESULT_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "on_f
 def results(study: str = typer.Argument(..., help=f"study name ({DEFAULT_RUNS_DIR}/<study>/study.db)"),
             storage: Optional[str] = storage_option(),
             runs: str = runs_option(),
-            csv: Optional[Path] = typer.Option(None, help="write every trial to this CSV file"),
-            parquet: Optional[Path] = typer.Option(None, help="write every trial to this Parquet file"),
+            csv: Optional[Path] = output_file_option("write every trial to this CSV file"),
+            parquet: Optional[Path] = output_file_option("write every trial to this Parquet file"),
             front_only: bool = typer.Option(False, "--front", help="print only the Pareto front")) -> None:
     """The trials of a study as a table (pandas): objectives, feasibility, front membership, architecture."""
     import pandas as pd
@@ -44,9 +48,9 @@ def results(study: str = typer.Argument(..., help=f"study name ({DEFAULT_RUNS_DI
 def pareto(studies_: list[str] = typer.Argument(..., metavar="STUDY...", help="one or more study names"),
            storage: Optional[str] = storage_option(),
            runs: str = runs_option(),
-           out: Optional[Path] = typer.Option(None, help=f"HTML page (default {DEFAULT_RUNS_DIR}/<first study>/"
-                                              "pareto.html)"),
-           png: Optional[Path] = typer.Option(None, help="also a static PNG (needs Chromium for kaleido)"),
+           out: Optional[Path] = output_file_option(f"HTML page (default {DEFAULT_RUNS_DIR}/<first study>/"
+                                                    "pareto.html)"),
+           png: Optional[Path] = output_file_option("also a static PNG (needs Chromium for kaleido)"),
            x: str = typer.Option("latency", help="x axis: latency or throughput"),
            landmarks: bool = typer.Option(False, "--landmarks",
                                           help="evaluate the space's reference architectures into the study first"),
@@ -87,7 +91,8 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
     if m.get("measured"):
         if m.get("speed_probe"):
             typer.echo(f"  speed probe: this machine runs at {m['speed_factor']:.3f}x the table's speed "
-                       f"({m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms")
+                       f"({m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms "
+                       "(each kind of block scaled by its own factor)")
         typer.echo(f"  re-measured in a fresh process: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs "
                    "predicted today)")
         typer.echo(f"  to see this figure in your own process, start it with: {m['environment']} python ...")
@@ -106,18 +111,20 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
 
 
 def export(study: str = typer.Argument(..., help="study name"),
-           trial: Optional[int] = typer.Option(None, help="export this trial number"),
-           max_latency_ms: Optional[float] = typer.Option(None, help="the most accurate trial at most this slow"),
-           min_accuracy: Optional[float] = typer.Option(None, help="the fastest trial at least this accurate"),
+           trial: Optional[int] = count_option(None, help="export this trial number", minimum=0),
+           max_latency_ms: Optional[float] = number_option(None, help="the most accurate trial at most this slow"),
+           min_accuracy: Optional[float] = number_option(None, help="the fastest trial at least this accurate",
+                                                         strictly=False, maximum=1.0),
            knee: bool = typer.Option(False, "--knee", help="the front's knee: the best accuracy/latency trade-off"),
-           out: Optional[Path] = typer.Option(None, help=f"new folder (default {DEFAULT_RUNS_DIR}/<study>/"
-                                              "export-trial<N>)"),
+           out: Optional[Path] = output_folder_option(None, f"new folder (default {DEFAULT_RUNS_DIR}/<study>/"
+                                                      "export-trial<N>)"),
            weights: bool = typer.Option(False, "--weights", help="train with the proxy trainer and save weights"),
-           epochs: Optional[float] = typer.Option(None, help="epochs for --weights (default: the study's budget)"),
+           epochs: Optional[float] = number_option(None, help="epochs for --weights (default: the study's budget)"),
            onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked with onnxruntime"),
            no_measure: bool = typer.Option(False, "--no-measure", help="skip re-measuring the latency"),
            no_probe: bool = no_probe_option(),
-           force: bool = typer.Option(False, "--force", help="replace --out if it exists (once the export is done)"),
+           force: bool = typer.Option(False, "--force", help="replace --out if it holds an earlier export "
+                                                        "(once the new export is done)"),
            tables: str = tables_option("latency tables folder (for the re-measurement)"),
            storage: Optional[str] = storage_option(),
            runs: str = runs_option(),

@@ -190,10 +190,11 @@ class LatencyTable:
                     raise corrupt(f"entry {kid!r} has {name}={ms!r}, not a non-negative number")
             try:
                 key = BlockKey.from_dict(entry["key"])
+                key_id = key.id
             except (TypeError, ValueError):
                 raise corrupt(f"entry {kid!r} has a malformed key") from None
-            if key.id != kid:
-                raise corrupt(f"entry {kid!r} holds the key of {key.id!r}")
+            if key_id != kid:
+                raise corrupt(f"entry {kid!r} holds the key of {key_id!r}")
         calibration = data.get("calibration")
         if calibration is not None and not isinstance(calibration, dict):
             raise corrupt("'calibration' is neither null nor an object")
@@ -209,6 +210,8 @@ class LatencyTable:
         for name, kind in SECTIONS.items():
             if name in sections and not isinstance(sections[name], kind):
                 raise corrupt(f"'{name}' is not a{'n object' if kind is dict else ' list'}")
+        if any(not isinstance(p, dict) for p in sections.get("probes", [])):
+            raise corrupt("'probes' holds an item that is not an object")
         return fp, entries, calibration, settings, sections
 
     # -------------------------------------------------------------------------------------------------- access
