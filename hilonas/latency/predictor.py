@@ -13,6 +13,7 @@ this machine, adds it to the table and saves it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
@@ -47,35 +48,50 @@ class LatencyPredictor:
             save, instead of raising :class:`MissingBlockError`. Needs torch and the table's hardware.
         speed_factor: this run's speed factor (:mod:`hilonas.latency.probe`): :meth:`predict` is the table's
             prediction times it (1.0: the machine as it was when the table was measured).
+        group_factors: this run's factor per calibration group (a speed probe's group factors): each block's stored
+            figure is scaled by its group's factor before the calibration; a group without one takes
+            ``default_group_factor`` (1 when None). :meth:`predict_base` ignores them too. The usual way to pass
+            these three is ``**speed_kwargs(probe)`` (:func:`hilonas.latency.probe.speed_kwargs`).
     """
 
-    def __init__(self, table: LatencyTable, *, measure_missing: bool = False, speed_factor: float = 1.0) -> None:
-        if not speed_factor > 0:
-            raise HilonasError(f"speed_factor={speed_factor!r} must be > 0")
+    def __init__(self, table: LatencyTable, *, measure_missing: bool = False, speed_factor: float = 1.0,
+                 group_factors: Mapping[str, float] | None = None,
+                 default_group_factor: float | None = None) -> None:
+        factors = {**(group_factors or {}), "default_group_factor": default_group_factor or 1.0,
+                   "speed_factor": speed_factor}
+        bad = {g: v for g, v in factors.items() if not (isinstance(v, (int, float)) and 0 < v < float("inf"))}
+        if bad:
+            raise HilonasError(f"speed correction {bad} must be positive finite numbers")
         self.table = table
         self.measure_missing = measure_missing
         self.speed_factor = float(speed_factor)
+        self.group_factors = dict(group_factors or {})
+        self._default_group = float(default_group_factor or 1.0)
         self.calibration: Calibration | None = Calibration.from_dict(table.calibration) if table.calibration else None
         self._cal = self.calibration or _IDENTITY
         self._raw: dict[BlockKey, float] = {}  # per key: stored median (ms)
-        self._weighted: dict[BlockKey, float] = {}  # per key: median * group scale
+        self._weighted: dict[BlockKey, float] = {}  # per key: median * group scale (the table's calibration)
+        self._today: dict[BlockKey, float] = {}  # per key: weighted * this run's group factor
         for kid in table.entries:
             self._remember(table.key_of(kid))
-        self._archs: dict[ArchConfig, tuple[float, float]] = {}
+        self._archs: dict[ArchConfig, tuple[float, float, float]] = {}
 
     def _remember(self, key: BlockKey) -> None:
         ms = self.table.latency_ms(key)
+        group = block_group(key)
         self._raw[key] = ms
-        self._weighted[key] = ms * self._cal.factor(block_group(key))
+        self._weighted[key] = ms * self._cal.factor(group)
+        self._today[key] = self._weighted[key] * self.group_factors.get(group, self._default_group)
 
     def _blocks(self, arch: ArchConfig) -> Counter[BlockKey]:
         return arch_blocks(arch)
 
-    def _sums(self, arch: ArchConfig) -> tuple[float, float]:
+    def _sums(self, arch: ArchConfig) -> tuple[float, float, float]:
+        """(raw, weighted, weighted with today's group factors) sums over the blocks of ``arch``."""
         cached = self._archs.get(arch)
         if cached is not None:
             return cached
-        raw = weighted = 0.0
+        raw = weighted = today = 0.0
         for key, n in self._blocks(arch).items():
             ms = self._raw.get(key)
             if ms is None:
@@ -83,10 +99,11 @@ class LatencyPredictor:
                 ms = self._raw[key]
             raw += n * ms
             weighted += n * self._weighted[key]
+            today += n * self._today[key]
         if len(self._archs) >= _CACHE_LIMIT:
             self._archs.clear()
-        self._archs[arch] = (raw, weighted)
-        return raw, weighted
+        self._archs[arch] = (raw, weighted, today)
+        return raw, weighted, today
 
     def _fill(self, key: BlockKey) -> None:
         if key.id in self.table.entries:  # added to the table after this predictor was made
@@ -108,11 +125,12 @@ class LatencyPredictor:
         return self._sums(arch)[0]
 
     def predict(self, arch: ArchConfig) -> float:
-        """Calibrated latency (ms) of ``arch`` on the table's hardware, times this run's speed factor."""
-        return self._cal.finish(self._sums(arch)[1]) * self.speed_factor
+        """Calibrated latency (ms) of ``arch`` on the table's hardware as it runs today: blocks scaled by this run's
+        group factors, then the calibration, then times this run's speed factor."""
+        return self._cal.finish(self._sums(arch)[2]) * self.speed_factor
 
     def predict_base(self, arch: ArchConfig) -> float:
-        """Calibrated latency (ms) as the table was measured (no speed factor)."""
+        """Calibrated latency (ms) as the table was measured (no speed factor, no group factors)."""
         return self._cal.finish(self._sums(arch)[1])
 
     def breakdown(self, arch: ArchConfig) -> dict[str, float]:

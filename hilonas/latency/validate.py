@@ -60,6 +60,7 @@ def _row(predictor: LatencyPredictor, arch: ArchConfig, timing: Any, statistic: 
     measured = figure_ms(timing, statistic)
     return {"arch": arch.describe(), "predicted_ms": round(pred, 4), "measured_ms": round(measured, 4),
             "median_ms": round(timing.median_ms, 4), "raw_ms": round(predictor.predict_raw(arch), 4),
+            "base_ms": round(predictor.predict_base(arch), 4),
             "error": round(pred / measured - 1, 5), "spread": round(timing.spread, 4), "noisy": timing.noisy}
 
 
@@ -106,10 +107,9 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
     cal_archs = _calibration_networks(table)
     probes = list(cal_archs)[:drift_probes]
     archs = space.at_resolution(fp.resolution).sample_distinct(n, seed, exclude=set(cal_archs))
-    predictor = LatencyPredictor(table)
-    _check_blocks(predictor, archs)
+    _check_blocks(LatencyPredictor(table), archs)
     speed = _start_probe(table, fp, probe, probe_budget_s)
-    predictor.speed_factor = speed.factor if speed is not None else 1.0
+    predictor = LatencyPredictor(table, **(speed.correction() if speed is not None else {}))
     merged = table_settings(table, settings)
     from hilonas.latency.measure import figure_ms, measure_archs
 
@@ -126,7 +126,7 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
     rows = [_row(predictor, a, t, merged["statistic"]) for a, t in zip(archs, timings[:n])]
     result = {
         **_figures(rows),
-        **_drift_corrected(rows, predictor.speed_factor, drift),
+        **_drift_corrected(rows, speed.factor if speed is not None else 1.0, drift),
         "drift": drift,
         "probe": speed.to_dict() if speed is not None else None,
         "calibration": (table.calibration or {}).get("method"),

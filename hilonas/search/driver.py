@@ -270,8 +270,9 @@ def prepare_table(space: SearchSpace, fingerprint: Fingerprint, tables_dir: str,
     return table
 
 
-STUDY_SPEED_ATTR = "speed_factor"  # the factor every trial's predicted latency is scaled by
-STUDY_PROBES_ATTR = "speed_probes"  # every probe a run of the study took (bounded)
+STUDY_SPEED_ATTR = studies.SPEED_ATTR
+STUDY_CORRECTION_ATTR = studies.CORRECTION_ATTR
+STUDY_PROBES_ATTR = studies.PROBES_ATTR
 
 
 def _probe_task(fingerprint: Fingerprint, tables_dir: str) -> dict[str, Any] | None:
@@ -283,14 +284,15 @@ def _probe_task(fingerprint: Fingerprint, tables_dir: str) -> dict[str, Any] | N
     return probe.to_dict() if probe is not None else None
 
 
-def speed_factor(study: optuna.Study, table: LatencyTable, fingerprint: Fingerprint, executor: Executor,
-                 probe: bool) -> float:
-    """The factor this study's predictions are scaled by (see :mod:`hilonas.latency.probe`).
+def speed_correction(study: optuna.Study, table: LatencyTable, fingerprint: Fingerprint, executor: Executor,
+                     probe: bool) -> dict[str, Any]:
+    """The correction this study's predictions use (``LatencyPredictor`` keyword arguments; see
+    :mod:`hilonas.latency.probe`).
 
     A new study takes it from a speed probe run now (on the target's node on a cluster). A resumed study keeps the
-    factor of its first run, so all its trials compare on one scale; the new probe is still recorded, and a warning
-    says when the machine moved by more than the probe's warning threshold since. ``probe=False`` takes no probe
-    (factor 1 for a new study).
+    correction of its first run, so all its trials compare on one scale; the new probe is still recorded, and a
+    warning says when the machine moved by more than the probe's warning threshold since. ``probe=False`` takes no
+    probe (no correction for a new study).
     """
     from hilonas.latency.probe import WARN_FACTOR, probe_speed, warn_factor
     from hilonas.latency.table import MAX_PROBES
@@ -312,9 +314,10 @@ def speed_factor(study: optuna.Study, table: LatencyTable, fingerprint: Fingerpr
             print(f"warning: this machine runs at {result['factor']:.2f}x the table's speed now, {kept:.2f}x when "
                   "the study started; its trials keep the first factor so they stay comparable", file=sys.stderr)
     if kept is None:
-        kept = result["factor"] if result is not None else 1.0
-        study.set_user_attr(STUDY_SPEED_ATTR, kept)
-    return float(kept)
+        study.set_user_attr(STUDY_SPEED_ATTR, result["factor"] if result is not None else 1.0)
+        if result is not None:
+            study.set_user_attr(STUDY_CORRECTION_ATTR, result)
+    return studies.kept_correction(study)
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -483,12 +486,12 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
         table = prepare_table(opened.space, fingerprint, settings.tables_dir, executor, progress)
         margin = resolve_margin(settings.latency_margin, table)
         record_latency_error(opened.study, margin, table)
-        factor = speed_factor(opened.study, table, fingerprint, executor, settings.probe)
+        correction = speed_correction(opened.study, table, fingerprint, executor, settings.probe)
         data_ref = executor.put(opened.data)
         executor.warm_up()
         view = _Progress(progress, settings.trials, executor.description)
         view.update(studies.finished_count(opened.study), 0, 0, _front_size(opened.study))
-        loop = SearchLoop(settings, opened, LatencyPredictor(table, speed_factor=factor), executor, data_ref, view,
+        loop = SearchLoop(settings, opened, LatencyPredictor(table, **correction), executor, data_ref, view,
                           on_event, margin)
         loop_started = time.perf_counter()
         loop.run()

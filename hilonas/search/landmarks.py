@@ -37,9 +37,10 @@ def on_target(settings: dict[str, Any], fingerprint: Fingerprint) -> bool:
 def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR) -> list[dict[str, Any]]:
     """Train and time every reference of the study's space with the study's own settings; store and return them.
 
-    Latency comes from the target's table. Blocks it lacks are measured (and added to it) only when this machine is
-    the study's target; elsewhere such a reference is marked :data:`NOT_MEASURABLE` (latency None, not trained,
-    left off the Pareto page) and no table file is written.
+    Latency comes from the target's table, corrected like the study's trials (its kept speed probe). Blocks it
+    lacks are measured (and added to it) only when this machine is the study's target; elsewhere such a reference
+    is marked :data:`NOT_MEASURABLE` (latency None, not trained, left off the Pareto page) and no table file is
+    written.
     """
     from hilonas.latency.build import check_model_code
     from hilonas.latency.fingerprint import Fingerprint
@@ -55,7 +56,8 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
     fingerprint = Fingerprint.from_dict(settings["fingerprint"])
     table = LatencyTable.open(fingerprint, tables_dir=tables_dir)
     check_model_code(table, space.name)
-    predictor = LatencyPredictor(table, measure_missing=on_target(settings, fingerprint))
+    predictor = LatencyPredictor(table, measure_missing=on_target(settings, fingerprint),
+                                 **studies.kept_correction(study))  # on the study's scale, like its trials
     data = load_dataset(dataset_spec(settings.get("data")), resolution=int(settings["resolution"]),
                         seed=int(settings["seed"]))
     kept = {r["landmark"]: r for r in studies.landmark_records(study)}

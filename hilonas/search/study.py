@@ -184,6 +184,22 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
 
 LANDMARKS_ATTR = "hilonas_landmarks"
 MEASURED_EXPORTS_ATTR = "measured_exports"  # written by hilonas.export when an export is re-measured
+SPEED_ATTR = "speed_factor"  # the headline factor of the probe every trial's prediction is corrected by
+CORRECTION_ATTR = "speed_probe"  # that probe (group factors, residual): what the predictions are corrected by
+PROBES_ATTR = "speed_probes"  # every probe a run of the study took (bounded)
+
+
+def kept_correction(study: optuna.Study) -> dict[str, Any]:
+    """The speed correction a study's predictions use, as ``LatencyPredictor`` keyword arguments (see
+    :func:`hilonas.latency.probe.speed_kwargs`): its kept probe, or for a study from before group factors its plain
+    factor; {} (no correction) when it has neither."""
+    from hilonas.latency.probe import speed_kwargs
+
+    probe = study.user_attrs.get(CORRECTION_ATTR)
+    if probe:
+        return speed_kwargs(probe)
+    factor = study.user_attrs.get(SPEED_ATTR)
+    return speed_kwargs({"factor": factor}) if factor is not None else {}
 
 
 def landmark_records(study: optuna.Study) -> list[dict[str, Any]]:

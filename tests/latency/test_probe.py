@@ -47,11 +47,11 @@ def test_factor_is_the_median_ratio_and_is_recorded(tmp_path, cpu_fp, monkeypatc
     table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
     now = {8: 1.5, 16: 2.4, 24: 4.4}  # by width: ratios 1.5, 1.2, 1.1
 
-    def fake_passes(archs, fp, **settings):
+    def fake_passes(keys, archs, fp, **settings):
         for _ in range(settings["rounds"]):
             yield [_timing(now[a.embed_dims[0]]) for a in archs]
 
-    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+    monkeypatch.setattr("hilonas.latency.measure.mixed_passes", fake_passes)
     result = probe_mod.probe_speed(table, budget_s=5)
     assert result.factor == pytest.approx(1.2) and result.spread == pytest.approx(0.4)
     assert result.networks == 3 and result.ratios == pytest.approx((1.5, 1.2, 1.1))
@@ -108,3 +108,34 @@ def test_a_table_from_a_faster_machine_is_corrected_by_the_probe(tmp_path, tiny_
     assert probed["within_10_drift_corrected"] is not None
     assert LatencyTable.load(fast.path).validation["speed_factor"] == pytest.approx(probed["probe"]["factor"],
                                                                                      abs=1e-4)
+
+
+def test_group_factors_and_residual(tmp_path, cpu_fp, monkeypatch):
+    """Each kind of block gets the median ratio of its probe blocks; the residual is what the networks show beyond
+    their regrouped blocks, so the corrected prediction of a probe network reproduces its ratio."""
+    from hilonas.latency.calibration import block_group
+    from hilonas.latency.keys import arch_blocks
+    from hilonas.latency.predictor import LatencyPredictor
+
+    table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
+    stored = dict(probe_mod.probe_networks(table))
+    archs = list(stored)
+    for arch in archs:
+        for key in arch_blocks(arch):
+            table.add(key, {"median_ms": 0.1 * (1 + key.dim / 8), "min_ms": 0.1 * (1 + key.dim / 8)})
+    table.save()
+    slower = {"stem": 2.0, "block:none": 1.5, "head": 1.0}
+
+    def fake_passes(keys, archs, fp, **settings):
+        for _ in range(settings["rounds"]):
+            yield ([_timing(table.latency_ms(k) * slower[block_group(k)]) for k in keys]
+                   + [_timing(1.6 * stored[a]) for a in archs])
+
+    monkeypatch.setattr("hilonas.latency.measure.mixed_passes", fake_passes)
+    result = probe_mod.probe_speed(table, budget_s=5)
+    assert result.group_factors == pytest.approx(slower) and result.blocks == len(probe_mod.probe_blocks(table))
+    assert result.block_factor == pytest.approx(1.5)
+    corrected = LatencyPredictor(table, **result.correction())
+    for arch in archs:  # whole networks run 1.6x slower: the correction reproduces it
+        assert corrected.predict(arch) == pytest.approx(1.6 * LatencyPredictor(table).predict(arch), rel=0.05)
+    assert table.probes[-1]["group_factors"] == pytest.approx(slower)

@@ -49,8 +49,14 @@ def test_export_round_trip_timm_onnx_weights(export_study):
     assert m["statistic"] == table.statistic
     assert m["runs"] == table.settings["rounds"] * table.settings["repeats"]
     assert m["env"] == SERVING_ENV and m["environment"] == serving_env_line()
-    # ... against the table's prediction times today's speed factor, which the table's probe history records.
-    assert m["predicted_today_ms"] == pytest.approx(m["predicted_base_ms"] * m["speed_factor"])
+    # ... against the table's prediction corrected by a probe taken now, which the table's probe history records.
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.probe import speed_kwargs
+
+    assert m["speed_probe"]["group_factors"] and table.probes[-1] == m["speed_probe"]
+    today = LatencyPredictor(table, **speed_kwargs(m["speed_probe"])).predict(arch)
+    assert m["predicted_today_ms"] == pytest.approx(today) and m["predicted_base_ms"] == pytest.approx(
+        LatencyPredictor(table).predict(arch))
     assert m["error"] == pytest.approx(m["measured_latency_ms"] / m["predicted_today_ms"] - 1)
     assert table.probes[-1]["factor"] == pytest.approx(m["speed_factor"], abs=1e-4)
     measured = optuna.load_study(study_name="ex", storage=f"sqlite:///{study / 'runs' / 'ex' / 'study.db'}")

@@ -97,3 +97,26 @@ def test_landmarks_on_the_target_still_measure_missing_blocks(workdir, target_fp
     records = evaluate_landmarks(study, tables_dir=str(workdir / "latency_tables"))
     assert all(r["predicted_latency_ms"] > 0 for r in records)
     assert len(LatencyTable.load(path)) > len(doc["entries"])
+
+
+def test_landmarks_are_on_the_study_scale(workdir, target_fp):
+    """A study whose trials were corrected by a speed probe predicts its landmarks with the same correction."""
+    from hilonas.config import ArchConfig
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.probe import speed_kwargs
+    from hilonas.latency.table import LatencyTable
+    from hilonas.search.landmarks import evaluate_landmarks
+    from hilonas.search.study import CORRECTION_ATTR
+
+    far = other_target(target_fp)
+    path = put_target_table(workdir, far, None)
+    study = make_study(workdir, far)
+    kept = {"factor": 1.3, "residual": 1.1, "group_factors": {"stem": 2.0, "block:hilo": 1.25}, "block_factor": 1.2}
+    study.set_user_attr(CORRECTION_ATTR, kept)
+    records = evaluate_landmarks(study, tables_dir=str(workdir / "latency_tables"))
+    table = LatencyTable.load(path)
+    corrected, base = LatencyPredictor(table, **speed_kwargs(kept)), LatencyPredictor(table)
+    for r in records:
+        arch = ArchConfig.from_dict(r["arch"])
+        assert r["predicted_latency_ms"] == pytest.approx(corrected.predict(arch))
+        assert r["predicted_latency_ms"] > 1.2 * base.predict(arch)
