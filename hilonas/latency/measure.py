@@ -36,8 +36,8 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.timing import Rebuilt, Timing, round_robin, time_rounds
 
 __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
-           "measure_arch", "measure_archs", "network_passes", "mixed_passes", "figure_ms", "timing_settings",
-           "steady_allocator", "MEASURE_DEFAULTS", "STATISTICS"]
+           "measure_arch", "measure_archs", "network_passes", "figure_ms", "timing_settings", "steady_allocator",
+           "MEASURE_DEFAULTS", "STATISTICS"]
 
 MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 20,
                                     "chain": 3, "statistic": "min"}
@@ -220,27 +220,6 @@ def _harness(fp: Fingerprint, s: dict[str, Any]) -> dict[str, Any]:
             **{k: s[k] for k in HARNESS_KEYS}}
 
 
-def _block_callables(keys: Sequence[BlockKey], fp: Fingerprint, fused: bool,
-                     chain: int) -> tuple[list[Callable[[], Any]], list[int]]:
-    """One callable per key (a chain of ``chain`` copies for a 'block' key) and each one's chain length."""
-    dev = device_of(fp)
-    fns, chains = [], []
-    for key in keys:
-        n = chain if key.kind == "block" else 1
-        module, inputs = block_module(key, batch=fp.batch, fused=fused, chain=n, device=dev)
-        fns.append(lambda m=module, i=inputs: m(*i))
-        chains.append(n)
-    return fns, chains
-
-
-def _per_block(timing: Timing, chain: int) -> Timing:
-    """A chained block's Timing divided by its chain length (in place)."""
-    if chain > 1:
-        timing.median_ms /= chain
-        timing.samples_ms = [v / chain for v in timing.samples_ms]
-    return timing
-
-
 def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = True, **settings: Any) -> list[Timing]:
     """Timings (ms per block) of ``keys`` measured together on ``fp``'s target (see the module docstring).
 
@@ -248,9 +227,20 @@ def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = T
     accepted and ignored here). A chained block's samples are divided by the chain length.
     """
     s = timing_settings(**settings)
+    dev = device_of(fp)
     steady_allocator()
-    fns, chains = _block_callables(keys, fp, fused, s["chain"])
-    return [_per_block(t, n) for t, n in zip(time_rounds(fns, **_harness(fp, s)), chains)]
+    fns, chains = [], []
+    for key in keys:
+        n = s["chain"] if key.kind == "block" else 1
+        module, inputs = block_module(key, batch=fp.batch, fused=fused, chain=n, device=dev)
+        fns.append(lambda m=module, i=inputs: m(*i))
+        chains.append(n)
+    timings = time_rounds(fns, **_harness(fp, s))
+    for t, n in zip(timings, chains):
+        if n > 1:
+            t.median_ms /= n
+            t.samples_ms = [v / n for v in t.samples_ms]
+    return timings
 
 
 def measure_block(key: BlockKey, fp: Fingerprint, *, fused: bool = True, **settings: Any) -> Timing:
@@ -286,20 +276,9 @@ def network_passes(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool 
     Networks are kept between passes while their parameters fit ``cache_bytes``, rebuilt (same seed, full warm-up)
     otherwise.
     """
-    return mixed_passes([], archs, fp, fused=fused, cache_bytes=cache_bytes, **settings)
-
-
-def mixed_passes(keys: Sequence[BlockKey], archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,
-                 cache_bytes: int = 2 << 30, **settings: Any) -> Iterator[list[Timing]]:
-    """Blocks and whole networks in the same round-robin passes (blocks built once, networks as in
-    :func:`network_passes`): yields after each pass one Timing per block (ms per block), then one per network."""
     s = timing_settings(**settings)
     steady_allocator()
-    fns, chains = _block_callables(keys, fp, fused, s["chain"])
-    timed: list[Any] = [*fns, *_network_callables(archs, fp, fused, cache_bytes)]
-    chains += [1] * len(archs)
-    for timings in round_robin(timed, **_harness(fp, s)):
-        yield [_per_block(t, n) for t, n in zip(timings, chains)]
+    return round_robin(_network_callables(archs, fp, fused, cache_bytes), **_harness(fp, s))
 
 
 def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,

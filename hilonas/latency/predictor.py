@@ -49,17 +49,19 @@ class LatencyPredictor:
         speed_factor: this run's speed factor (:mod:`hilonas.latency.probe`): :meth:`predict` is the table's
             prediction times it (1.0: the machine as it was when the table was measured).
         group_factors: this run's factor per calibration group (a speed probe's group factors): each block's stored
-            figure is scaled by its group's factor before the calibration; a group without one takes
-            ``default_group_factor`` (1 when None). :meth:`predict_base` ignores them too. The usual way to pass
-            these three is ``**speed_kwargs(probe)`` (:func:`hilonas.latency.probe.speed_kwargs`).
+            figure ``ms`` is scaled by its group's factor times ``ms ** size_exponent`` before the calibration; a
+            group without one takes ``default_group_factor`` (1 when None). :meth:`predict_base` ignores them too.
+            The usual way to pass these is ``**speed_kwargs(probe)`` (:func:`hilonas.latency.probe.speed_kwargs`).
     """
 
     def __init__(self, table: LatencyTable, *, measure_missing: bool = False, speed_factor: float = 1.0,
                  group_factors: Mapping[str, float] | None = None,
-                 default_group_factor: float | None = None) -> None:
+                 default_group_factor: float | None = None, size_exponent: float = 0.0) -> None:
         factors = {**(group_factors or {}), "default_group_factor": default_group_factor or 1.0,
                    "speed_factor": speed_factor}
         bad = {g: v for g, v in factors.items() if not (isinstance(v, (int, float)) and 0 < v < float("inf"))}
+        if not (isinstance(size_exponent, (int, float)) and abs(size_exponent) < 1):
+            bad["size_exponent"] = size_exponent
         if bad:
             raise HilonasError(f"speed correction {bad} must be positive finite numbers")
         self.table = table
@@ -67,6 +69,7 @@ class LatencyPredictor:
         self.speed_factor = float(speed_factor)
         self.group_factors = dict(group_factors or {})
         self._default_group = float(default_group_factor or 1.0)
+        self.size_exponent = float(size_exponent)
         self.calibration: Calibration | None = Calibration.from_dict(table.calibration) if table.calibration else None
         self._cal = self.calibration or _IDENTITY
         self._raw: dict[BlockKey, float] = {}  # per key: stored median (ms)
@@ -81,7 +84,8 @@ class LatencyPredictor:
         group = block_group(key)
         self._raw[key] = ms
         self._weighted[key] = ms * self._cal.factor(group)
-        self._today[key] = self._weighted[key] * self.group_factors.get(group, self._default_group)
+        size = ms ** self.size_exponent if self.size_exponent and ms > 0 else 1.0
+        self._today[key] = self._weighted[key] * self.group_factors.get(group, self._default_group) * size
 
     def _blocks(self, arch: ArchConfig) -> Counter[BlockKey]:
         return arch_blocks(arch)

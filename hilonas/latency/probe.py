@@ -36,10 +36,11 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.table import LatencyTable
 
 __all__ = ["SpeedProbe", "probe_networks", "probe_blocks", "probe_speed", "warn_factor", "speed_kwargs",
+           "fit_block_factors",
            "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
 
 DEFAULT_PROBE_NETWORKS = 4
-DEFAULT_PROBE_BLOCKS = 4  # stored blocks re-timed per calibration group
+DEFAULT_PROBE_BLOCKS = 8  # stored blocks re-timed per calibration group
 DEFAULT_PROBE_BUDGET_S = 20.0  # seconds a probe may take on CPU
 WARN_FACTOR = 0.15  # a factor further than this from 1 is printed as a warning
 _MIN_ROUNDS = 3
@@ -57,9 +58,12 @@ class SpeedProbe:
         rounds: interleaved passes over the probe blocks and networks.
         taken_at: local time, ISO 8601.
         ratios: the per-network ratios, in the order of :func:`probe_networks`.
-        group_factors: per calibration group, the median ratio of its probe blocks (empty: blocks not probed).
-        block_factor: the median ratio over all probe blocks (the factor of a group no probe block belongs to).
-        residual: what the networks show beyond their regrouped blocks (1: nothing).
+        group_factors: per calibration group, its blocks' ratio at a stored figure of 1 ms (empty: blocks not
+            probed); a block of ``ms`` gets ``group_factors[g] * ms ** size_exponent``.
+        block_factor: the factor of a group no probe block belongs to (the median ratio of all probe blocks).
+        size_exponent: how the ratio moves with a block's size, shared by all groups (0: not at all).
+        residual: what the networks show beyond their blocks so corrected (1: nothing); None when the block
+            correction is not used (it did not make the probe networks agree better; then ``factor`` applies).
         blocks: probe blocks timed.
     """
 
@@ -74,6 +78,7 @@ class SpeedProbe:
     block_factor: float | None = None
     residual: float | None = None
     blocks: int = 0
+    size_exponent: float = 0.0
 
     def correction(self) -> dict[str, Any]:
         """What a predictor needs to predict for this machine today: :func:`speed_kwargs` of :meth:`to_dict`."""
@@ -83,7 +88,8 @@ class SpeedProbe:
         d = asdict(self)
         d["ratios"] = [round(r, 5) for r in self.ratios]
         d["group_factors"] = {g: round(v, 5) for g, v in self.group_factors.items()}
-        d.update(factor=round(self.factor, 5), spread=round(self.spread, 5), seconds=round(self.seconds, 2))
+        d.update(factor=round(self.factor, 5), spread=round(self.spread, 5), seconds=round(self.seconds, 2),
+                 size_exponent=round(self.size_exponent, 5))
         for k in ("block_factor", "residual"):
             if d[k] is not None:
                 d[k] = round(d[k], 5)
@@ -92,7 +98,7 @@ class SpeedProbe:
     def describe(self) -> str:
         how = "slower" if self.factor >= 1 else "faster"
         groups = ", ".join(f"{g} {v:.2f}" for g, v in sorted(self.group_factors.items()))
-        by_group = f"; by kind: {groups}" if groups else ""
+        by_group = f"; by kind: {groups}" if groups and self.residual is not None else ""
         return (f"speed probe: this machine runs {abs(self.factor - 1):.1%} {how} than when the table was measured "
                 f"(factor {self.factor:.3f}, spread {self.spread:.3f}, {self.networks} networks, {self.blocks} "
                 f"blocks, {self.seconds:.1f} s{by_group})")
@@ -100,8 +106,8 @@ class SpeedProbe:
 
 def speed_kwargs(probe: Mapping[str, Any] | None) -> dict[str, Any]:
     """:class:`~hilonas.latency.predictor.LatencyPredictor` keyword arguments from a recorded probe
-    (:meth:`SpeedProbe.to_dict`): the residual and the group factors, or for a probe without group factors (taken
-    before they existed, or ``{"factor": f}``) its plain factor; None or {} gives no correction."""
+    (:meth:`SpeedProbe.to_dict`): the residual, the group factors and the size exponent, or for a probe without group
+    factors (taken before they existed, or ``{"factor": f}``) its plain factor; None or {} gives no correction."""
     if not probe:
         return {}
     groups = probe.get("group_factors")
@@ -109,7 +115,8 @@ def speed_kwargs(probe: Mapping[str, Any] | None) -> dict[str, Any]:
         default = probe.get("block_factor")
         return {"speed_factor": float(probe["residual"]),
                 "group_factors": {str(g): float(v) for g, v in groups.items()},
-                "default_group_factor": float(default) if default is not None else None}
+                "default_group_factor": float(default) if default is not None else None,
+                "size_exponent": float(probe.get("size_exponent") or 0.0)}
     return {"speed_factor": float(probe.get("factor", 1.0))}
 
 
@@ -143,19 +150,33 @@ def probe_blocks(table: LatencyTable, per_group: int = DEFAULT_PROBE_BLOCKS) -> 
 NETWORK_SHARE = 0.7  # of the probe's budget, for the networks (they set the level); the blocks get the rest
 
 
-def _passes(blocks: list[BlockKey], nets: list[ArchConfig], table: LatencyTable, fp: Fingerprint,
-            deadline: float, **overrides: Any) -> list[list[Any]]:
-    """Round-robin passes over ``blocks`` and ``nets`` (each built once) with the table's protocol, as many as fit
-    before ``deadline`` (``time.perf_counter``; at least _MIN_ROUNDS, at most the table's rounds): stop when one
-    more pass, as long as the last one, would overrun. Returns, per block then per network, its Timings."""
-    from hilonas.latency.build import measurement_settings
-    from hilonas.latency.measure import mixed_passes
+def _block_pass(blocks: list[BlockKey], table: LatencyTable, fp: Fingerprint) -> list[Any]:
+    """One pass over ``blocks`` as the table's build times them (a group of blocks at a time, built afresh, one
+    round), with one attempt per timing. Returns one Timing per block."""
+    from hilonas.latency.build import measurement_settings, table_settings
+    from hilonas.latency.measure import measure_blocks
 
+    size = table_settings(table, {})["group"]
+    settings = {**measurement_settings(table), "rounds": 1, "max_attempts": 1}
+    return [t for i in range(0, len(blocks), size) for t in measure_blocks(blocks[i:i + size], fp, **settings)]
+
+
+def _passes(blocks: list[BlockKey], nets: list[ArchConfig], table: LatencyTable, fp: Fingerprint,
+            deadline: float) -> list[list[Any]]:
+    """Passes over ``nets`` (as the table times its calibration networks, kept between passes) or over ``blocks``
+    (as the build times them), as many as fit before ``deadline`` (``time.perf_counter``; at least _MIN_ROUNDS, at
+    most the table's rounds): stop when one more pass, as long as the last one, would overrun. Returns, per block
+    or network, its Timings."""
+    from hilonas.latency.build import measurement_settings
+    from hilonas.latency.measure import network_passes
+
+    settings = {**measurement_settings(table), "max_attempts": 1}
     out: list[list[Any]] = [[] for _ in [*blocks, *nets]]
-    passes = mixed_passes(blocks, nets, fp, **{**measurement_settings(table), **overrides})
+    passes = network_passes(nets, fp, **settings) if nets else None
     pass_started = time.perf_counter()
     try:
-        for r, timings in enumerate(passes):
+        for r in range(settings["rounds"]):
+            timings = next(passes) if passes is not None else _block_pass(blocks, table, fp)
             for ts, t in zip(out, timings):
                 ts.append(t)
             now = time.perf_counter()
@@ -163,8 +184,66 @@ def _passes(blocks: list[BlockKey], nets: list[ArchConfig], table: LatencyTable,
             if r + 1 >= _MIN_ROUNDS and now + last > deadline:
                 break
     finally:
-        passes.close()  # frees the modules kept between passes
+        if passes is not None:
+            passes.close()  # frees the networks kept between passes
     return out
+
+
+MAX_SIZE_EXPONENT = 0.15  # |exponent| above this is not believed (clipped): a few noisy blocks, not a trend
+MIN_T = 2.0  # the size exponent is used only when it is this many standard errors from 0
+
+
+def fit_block_factors(by_group: Mapping[str, list[tuple[float, float]]]) -> tuple[dict[str, float], float]:
+    """Per-group factors at 1 ms and the shared size exponent from probe blocks ``{group: [(stored ms, ratio)]}``:
+    least squares of ``log(ratio) = log(factor[g]) + exponent * log(ms)``. Small kernels do not move like large ones
+    between hosts (on a slower host of this kind, blocks of 0.8 ms ran 1.35x slower and blocks of 2.4 ms 1.22x), so
+    a group's one median mis-scales its small or its large blocks. With too few blocks to fit a slope (fewer than
+    the groups + 2), a degenerate spread of sizes or a slope within noise (:data:`MIN_T`), the exponent is 0 and each
+    group takes its median ratio."""
+    import math
+
+    import numpy as np
+
+    groups = sorted(by_group)
+    points = [(g, ms, r) for g in groups for ms, r in by_group[g] if ms > 0 and r > 0]
+    medians = {g: statistics.median(r for _, r in by_group[g]) for g in groups if by_group[g]}
+    if len(points) < len(groups) + 2:
+        return medians, 0.0
+    x = np.array([[1.0 if g == h else 0.0 for h in groups] + [math.log(ms)] for g, ms, _ in points])
+    y = np.log([r for _, _, r in points])
+    coef, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    if rank < x.shape[1] or not np.all(np.isfinite(coef)):
+        return medians, 0.0
+    # Believe the trend only when the blocks show it clearly (|t| of the exponent >= MIN_T): on tiny blocks the
+    # ratios are mostly timing noise, and a slope fitted to noise mis-scales every block.
+    dof = len(points) - x.shape[1]
+    sigma2 = float(np.sum((x @ coef - y) ** 2)) / dof if dof > 0 else float("inf")
+    stderr = math.sqrt(sigma2 * float(np.linalg.pinv(x.T @ x)[-1, -1]))
+    if not stderr < abs(coef[-1]) / MIN_T:
+        return medians, 0.0
+    exponent = float(np.clip(coef[-1], -MAX_SIZE_EXPONENT, MAX_SIZE_EXPONENT))
+    # each group's level re-fitted with the (clipped) shared exponent: the median of its ratios / ms ** exponent
+    return ({g: statistics.median(r / ms ** exponent for h, ms, r in points if h == g) for g in medians},
+            exponent)
+
+
+def _residual(table: LatencyTable, nets: list[ArchConfig], ratios: tuple[float, ...], group_factors: dict[str, float],
+              block_factor: float | None, exponent: float) -> float | None:
+    """The residual of the block correction, or None when the correction is not used: when it does not make the
+    probe networks agree better than their plain ratios do (the spread of ``ratio / corrected ratio`` is not
+    smaller than the spread of the ratios). That is the probe checking its own correction on networks: timing noise
+    of small blocks (a few microseconds each) gives factors that explain nothing, and those are not applied."""
+    from hilonas.latency.predictor import LatencyPredictor
+
+    if not group_factors:
+        return None
+    base = LatencyPredictor(table)
+    corrected = LatencyPredictor(table, group_factors=group_factors, default_group_factor=block_factor,
+                                 size_exponent=exponent)
+    left = [r * base.predict(a) / corrected.predict(a) for r, a in zip(ratios, nets)]
+    if len(left) > 1 and max(left) - min(left) >= max(ratios) - min(ratios):
+        return None
+    return statistics.median(left)
 
 
 def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks: int = DEFAULT_PROBE_NETWORKS,
@@ -179,7 +258,6 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     With ``record`` the probe is appended to the table's probe history and saved (under the table's lock).
     """
     from hilonas.latency.measure import figure_ms
-    from hilonas.latency.predictor import LatencyPredictor
     from hilonas.latency.timing import pool_timings
 
     if budget_s <= 0:
@@ -190,28 +268,25 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     keys = probe_blocks(table, blocks) if blocks > 0 else []
     started = time.perf_counter()
     fp = fp or table.fingerprint
-    # The networks first, exactly as the table timed its calibration networks (they set the level); then the
-    # blocks, one attempt per timing (their figures are pooled over passes anyway, and only their ratios to one
-    # another matter: the residual re-anchors the level on the networks).
+    # The networks first (they set the level), then the blocks (only their ratios to one another matter: the
+    # residual re-anchors the level on the networks). One attempt per timing: a build re-measures a noisy attempt
+    # to steady its median, but the probe's figure is the table's statistic pooled over passes, and on a busy
+    # machine the retries cost passes (4 instead of 12 in 14 s here), which is what steadies a minimum.
     share = NETWORK_SHARE if keys else 1.0
     net_t = _passes([], [a for a, _ in nets], table, fp, started + share * budget_s)
-    block_t = _passes([k for k, _ in keys], [], table, fp, started + budget_s, max_attempts=1) if keys else []
+    block_t = _passes([k for k, _ in keys], [], table, fp, started + budget_s) if keys else []
     stat = table.statistic
     ratios = tuple(figure_ms(pool_timings(ts), stat) / ms for ts, (_, ms) in zip(net_t, nets))
-    by_group: dict[str, list[float]] = {}
+    by_group: dict[str, list[tuple[float, float]]] = {}
     for ts, (key, ms) in zip(block_t, keys):
-        by_group.setdefault(block_group(key), []).append(figure_ms(pool_timings(ts), stat) / ms)
-    group_factors = {g: statistics.median(v) for g, v in by_group.items()}
-    block_factor = statistics.median([r for v in by_group.values() for r in v]) if by_group else None
-    residual = None
-    if group_factors:
-        base = LatencyPredictor(table)
-        regrouped = LatencyPredictor(table, group_factors=group_factors, default_group_factor=block_factor)
-        residual = statistics.median(r * base.predict(a) / regrouped.predict(a) for r, (a, _) in zip(ratios, nets))
+        by_group.setdefault(block_group(key), []).append((ms, figure_ms(pool_timings(ts), stat) / ms))
+    group_factors, exponent = fit_block_factors(by_group)
+    block_factor = statistics.median([r for v in by_group.values() for _, r in v]) if by_group else None
+    residual = _residual(table, [a for a, _ in nets], ratios, group_factors, block_factor, exponent)
     probe = SpeedProbe(factor=statistics.median(ratios), spread=max(ratios) - min(ratios),
                        seconds=time.perf_counter() - started, networks=len(nets), rounds=len(net_t[0]),
                        taken_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), ratios=ratios, group_factors=group_factors,
-                       block_factor=block_factor, residual=residual, blocks=len(keys))
+                       block_factor=block_factor, residual=residual, blocks=len(keys), size_exponent=exponent)
     if record:
         table.add_probe(probe.to_dict())
         table.save()

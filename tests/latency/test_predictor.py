@@ -159,5 +159,9 @@ def test_group_factors_scale_each_kind_of_block_before_the_calibration(tmp_path)
     assert LatencyPredictor(table, **speed_kwargs({"factor": 1.4})).predict(ARCH) == pytest.approx(
         1.4 * (0.5 + 1.2 * 8.875))  # a probe without group factors (taken before they existed) scales by its factor
     assert speed_kwargs(None) == {} and speed_kwargs({}) == {}
+    sized = LatencyPredictor(table, group_factors={"stem": 2.0}, default_group_factor=1.0, size_exponent=-0.5)
+    # each block's figure ms becomes factor * ms ** -0.5 * ms: stem 2 * 0.5 ** 0.5, the others ms ** 0.5
+    others = 2 * 1.0 + 0.25 ** 0.5 + 3 * 2.0 ** 0.5 + 0.125 ** 0.5
+    assert sized.predict(ARCH) == pytest.approx(0.5 + 1.2 * (2.0 * 0.5 ** 0.5 + others))
     with pytest.raises(HilonasError, match="positive"):
         LatencyPredictor(table, group_factors={"stem": float("nan")})

@@ -47,11 +47,11 @@ def test_factor_is_the_median_ratio_and_is_recorded(tmp_path, cpu_fp, monkeypatc
     table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
     now = {8: 1.5, 16: 2.4, 24: 4.4}  # by width: ratios 1.5, 1.2, 1.1
 
-    def fake_passes(keys, archs, fp, **settings):
+    def fake_passes(archs, fp, **settings):
         for _ in range(settings["rounds"]):
             yield [_timing(now[a.embed_dims[0]]) for a in archs]
 
-    monkeypatch.setattr("hilonas.latency.measure.mixed_passes", fake_passes)
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
     result = probe_mod.probe_speed(table, budget_s=5)
     assert result.factor == pytest.approx(1.2) and result.spread == pytest.approx(0.4)
     assert result.networks == 3 and result.ratios == pytest.approx((1.5, 1.2, 1.1))
@@ -110,32 +110,65 @@ def test_a_table_from_a_faster_machine_is_corrected_by_the_probe(tmp_path, tiny_
                                                                                      abs=1e-4)
 
 
-def test_group_factors_and_residual(tmp_path, cpu_fp, monkeypatch):
-    """Each kind of block gets the median ratio of its probe blocks; the residual is what the networks show beyond
-    their regrouped blocks, so the corrected prediction of a probe network reproduces its ratio."""
-    from hilonas.latency.calibration import block_group
+def _table_with_blocks(tmp_path, cpu_fp):
     from hilonas.latency.keys import arch_blocks
-    from hilonas.latency.predictor import LatencyPredictor
 
     table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
     stored = dict(probe_mod.probe_networks(table))
-    archs = list(stored)
-    for arch in archs:
+    for arch in stored:
         for key in arch_blocks(arch):
-            table.add(key, {"median_ms": 0.1 * (1 + key.dim / 8), "min_ms": 0.1 * (1 + key.dim / 8)})
+            ms = 0.6 if key.kind == "stem" else 0.1 * (1 + key.dim / 8)  # the stem's share differs by network
+            table.add(key, {"median_ms": ms, "min_ms": ms})
     table.save()
-    slower = {"stem": 2.0, "block:none": 1.5, "head": 1.0}
+    return table, stored
 
-    def fake_passes(keys, archs, fp, **settings):
+
+@pytest.mark.parametrize("networks_follow_blocks", [True, False])
+def test_block_correction_is_used_when_it_explains_the_networks(tmp_path, cpu_fp, monkeypatch,
+                                                                networks_follow_blocks):
+    """Each kind of block gets its ratio; when the networks' ratios follow the blocks (times one residual) the
+    correction is used and reproduces every probe network; when it explains nothing (the networks all moved alike)
+    it is recorded but not used: the plain factor applies."""
+    from hilonas.latency.calibration import block_group
+    from hilonas.latency.predictor import LatencyPredictor
+
+    table, stored = _table_with_blocks(tmp_path, cpu_fp)
+    slower = {"stem": 2.0, "block:none": 1.2, "head": 1.0}
+    base = LatencyPredictor(table)
+    shaped = LatencyPredictor(table, group_factors=slower)
+    now = {a: (1.1 * shaped.predict(a) / base.predict(a) if networks_follow_blocks else 1.6) * ms
+           for a, ms in stored.items()}
+
+    def fake_blocks(keys, fp, **settings):
+        assert settings["rounds"] == 1 and len(keys) <= 8  # timed as the build times them
+        return [_timing(table.latency_ms(k) * slower[block_group(k)]) for k in keys]
+
+    def fake_passes(archs, fp, **settings):
         for _ in range(settings["rounds"]):
-            yield ([_timing(table.latency_ms(k) * slower[block_group(k)]) for k in keys]
-                   + [_timing(1.6 * stored[a]) for a in archs])
+            yield [_timing(now[a]) for a in archs]
 
-    monkeypatch.setattr("hilonas.latency.measure.mixed_passes", fake_passes)
+    monkeypatch.setattr("hilonas.latency.measure.measure_blocks", fake_blocks)
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
     result = probe_mod.probe_speed(table, budget_s=5)
-    assert result.group_factors == pytest.approx(slower) and result.blocks == len(probe_mod.probe_blocks(table))
-    assert result.block_factor == pytest.approx(1.5)
+    assert result.group_factors == pytest.approx(slower) and result.size_exponent == 0.0
+    assert result.blocks == len(probe_mod.probe_blocks(table)) and table.probes[-1] == result.to_dict()
     corrected = LatencyPredictor(table, **result.correction())
-    for arch in archs:  # whole networks run 1.6x slower: the correction reproduces it
-        assert corrected.predict(arch) == pytest.approx(1.6 * LatencyPredictor(table).predict(arch), rel=0.05)
-    assert table.probes[-1]["group_factors"] == pytest.approx(slower)
+    if networks_follow_blocks:
+        assert result.residual == pytest.approx(1.1)
+        for arch, ms in now.items():
+            assert corrected.predict(arch) == pytest.approx(ms / stored[arch] * base.predict(arch))
+    else:
+        assert result.residual is None and result.correction() == {"speed_factor": pytest.approx(1.6)}
+
+
+def test_block_factors_recover_a_size_trend():
+    """Ratios that fall with a block's size by a shared power law are fitted as group levels and one exponent; too
+    few blocks fall back to each group's median ratio."""
+    truth = {"stem": 1.5, "merge": 1.6, "block:hilo": 1.3}
+    by_group = {g: [(ms, f * ms ** -0.08) for ms in (0.2, 0.7, 1.5, 2.5)] for g, f in truth.items()}
+    factors, exponent = probe_mod.fit_block_factors(by_group)
+    assert exponent == pytest.approx(-0.08) and factors == pytest.approx(truth)
+    few = {"stem": [(0.3, 1.5)], "merge": [(0.2, 1.7), (0.4, 1.5)]}
+    assert probe_mod.fit_block_factors(few) == ({"stem": 1.5, "merge": pytest.approx(1.6)}, 0.0)
+    steep = {"block:hilo": [(ms, ms ** -0.9) for ms in (0.5, 1, 2, 4)]}
+    assert probe_mod.fit_block_factors(steep)[1] == -probe_mod.MAX_SIZE_EXPONENT  # not believed: clipped
