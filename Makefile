@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/hilonas flops litv2_s --time
 	$(BIN)/hilonas hardware
 	$(BIN)/hilonas latency build --space litv2_tiny --target cpu --threads 1 --batch 1
-	RAY_AUTH_MODE=disabled $(BIN)/hilonas search --space litv2_tiny --target cpu --trials 16 --workers 2 --study $(DEMO_STUDY)
+	$(BIN)/hilonas search --space litv2_tiny --target cpu --trials 16 --workers 2 --study $(DEMO_STUDY)
 	$(BIN)/hilonas results $(DEMO_STUDY) --front
 	$(BIN)/hilonas pareto $(DEMO_STUDY) --landmarks --out runs/$(DEMO_STUDY)/pareto.html
 	$(BIN)/hilonas export $(DEMO_STUDY) --knee --out runs/$(DEMO_STUDY)/export --onnx --force
@@ -34,11 +34,11 @@ demo: $(STAMP)
 
 # What CI runs: the linter, then every test (slow ones included).
 test: lint
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 # Quick loop while developing: the tests not marked slow (no Ray, no whole searches).
 test-fast: lint
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check hilonas tests

@@ -28,6 +28,12 @@ DEFAULT_OBJECTIVE = "latency"
 DEFAULT_EXECUTOR = "ray"
 
 
+_TRIAL_TIMEOUT = number_option(None, help="seconds a trial may run, from its submission: one running longer is "
+                               "cancelled and recorded failed, and a later trial replaces it")
+_ALLOW_SPACE_CHANGE = typer.Option(False, "--allow-space-change", help="resume a study whose search space changed "
+                                   "since it started (earlier trials are kept; those outside it are not reused)")
+
+
 def _budget_options(epochs: Optional[float], steps: Optional[int], batch_size: Optional[int]) -> dict:
     """The proxy budget overrides given on the command line (none given: the proxy's defaults)."""
     given = {"epochs": epochs, "steps": steps, "batch_size": batch_size}
@@ -61,6 +67,8 @@ def search(space: str = space_option(),
            tables: str = tables_option("latency tables folder"),
            runs: str = runs_option(),
            resume: bool = typer.Option(False, "--resume", help="require the study to exist already"),
+           trial_timeout: Optional[float] = _TRIAL_TIMEOUT,
+           allow_space_change: bool = _ALLOW_SPACE_CHANGE,
            no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
            no_probe: bool = no_probe_option(),
            as_json: bool = json_option("print the summary as one JSON object")) -> None:
@@ -75,7 +83,8 @@ def search(space: str = space_option(),
                               latency_margin=latency_margin,
                               budget=_budget_options(epochs, steps, batch_size), resolution=resolution, seed=seed,
                               executor=executor, ray_address=ray_address, tables_dir=tables, runs_dir=runs,
-                              resume=resume, probe=not no_probe)
+                              resume=resume, probe=not no_probe, trial_timeout=trial_timeout,
+                              allow_space_change=allow_space_change)
     try:
         summary = run_search(settings, progress=not no_progress and not as_json)
     except KeyboardInterrupt:

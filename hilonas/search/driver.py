@@ -12,11 +12,19 @@ result at once. Each trial goes through three small steps:
   :class:`~hilonas.search.objective.TrialResult`;
 - **record** (:meth:`SearchLoop.collect`): tell the result (or the failure) with its user attrs.
 
+Reliability: the driver holds the study's lease (:mod:`hilonas.search.lease`) from start-up to its end, so a second
+driver of the study refuses; a keeper thread (:class:`_Keeper`) keeps Optuna's heartbeat of every trial the driver
+has asked and not told, renews the lease and cancels trials past ``--trial-timeout`` (recorded FAILED, a later trial
+replaces them). On Ctrl-C the results already returned are recorded before the rest are cancelled and marked FAILED.
+A resumed study must search the space it was started with, unless ``--allow-space-change``.
+
 User attrs of a trial (results, export and the Pareto page read them): :data:`TRIAL_ATTRS`.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +39,7 @@ from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR
 from hilonas.latency.keys import arch_blocks
 from hilonas.search import study as studies
 from hilonas.search.executors import EvaluationError, Executor, check_executor, make_executor
+from hilonas.search.lease import AttrLease, Lease, acquire_file_lease
 from hilonas.search.objective import RESULT_ATTRS, TrialPayload, TrialResult, evaluate
 from hilonas.spaces import SearchSpace
 
@@ -39,9 +48,10 @@ if TYPE_CHECKING:
     from hilonas.latency.predictor import LatencyPredictor
     from hilonas.latency.table import LatencyTable
 
-# Every user attr the driver stores on a trial (``retry_of`` is set by crash recovery, see studies.recover_stale).
+# Every user attr the driver stores on a trial (``retry_of`` is set by crash recovery, see studies.recover_stale;
+# ``space_hash`` once a study's space has changed, see studies.check_space).
 TRIAL_ATTRS = ("arch", "arch_text", "predicted_latency_ms", "throughput", "latency_margin", "constraint", "feasible",
-               "skipped", "duplicate_of", *RESULT_ATTRS, "fail_reason")
+               "skipped", "duplicate_of", *RESULT_ATTRS, "fail_reason", "space_hash")
 # Study user attrs: the latency margin the last run used, the table's validated p90 error (the Pareto page shows them).
 STUDY_MARGIN_ATTR = "latency_margin"
 STUDY_ERROR_ATTR = "latency_error_p90"
@@ -76,6 +86,8 @@ class SearchSettings:
     runs_dir: str = DEFAULT_RUNS_DIR
     resume: bool = False
     max_failures: int | None = None  # stop after this many failed evaluations (default: 2 * trials + 5)
+    trial_timeout: float | None = None  # seconds a trial may run before it is cancelled and recorded FAILED
+    allow_space_change: bool = False  # resume a study whose space file changed since it started
 
     def study_name(self, space: SearchSpace) -> str:
         return self.study or f"{space.name}-{self.target}"
@@ -90,6 +102,9 @@ class SearchSettings:
             raise HilonasError(f"--workers={self.workers} must be >= 1 (trials evaluated at once)")
         if self.max_latency_ms is not None and not self.max_latency_ms > 0:
             raise HilonasError(f"--max-latency-ms={self.max_latency_ms} must be > 0")
+        if self.trial_timeout is not None and not self.trial_timeout > 0:
+            raise HilonasError(f"--trial-timeout={self.trial_timeout} must be > 0 (seconds a trial may run before "
+                               "it is cancelled), or left out for no limit")
         parse_margin(self.latency_margin)
         if self.target not in ("cpu", "cuda"):
             raise HilonasError(f"--target={self.target!r} is unknown: use cpu or cuda")
@@ -113,6 +128,7 @@ class SearchSummary:
     stale_recovered: int = 0
     loop_seconds: float = 0.0  # from the first ask to the last tell (excludes startup and the table build)
     table_measured_on: str | None = None  # Ray node id where missing blocks were measured (cluster runs)
+    timed_out: int = 0  # trials cancelled this run for running past --trial-timeout (counted in failed)
 
 
 # ------------------------------------------------------------------------------------------------- margin
@@ -197,12 +213,16 @@ class OpenedSearch:
     data: Any  # the proxy dataset
     budget: dict[str, Any]
     stale_recovered: int
+    lease: Lease | None = None  # this driver's lease on the study; released when the search ends
+    space_hash: str | None = None  # the space's hash, stored on each new trial once the study's space has changed
 
 
 def open_search(settings: SearchSettings) -> OpenedSearch:
-    """Check the settings, load the space and the data, create or resume the study and recover stale trials.
+    """Check the settings, load the space and the data, take the study's lease, create or resume the study, check its
+    space and recover stale trials.
 
-    Raises HilonasError (one line) for any bad input, before Ray starts or a table is measured.
+    Raises HilonasError (one line) for any bad input, before Ray starts or a table is measured, and when another
+    driver holds the study (see :mod:`hilonas.search.lease`).
     """
     from hilonas.latency.fingerprint import current_fingerprint
     from hilonas.proxy.data import load_dataset
@@ -220,16 +240,36 @@ def open_search(settings: SearchSettings) -> OpenedSearch:
                                       batch=settings.latency_batch, resolution=img_size)
     data = load_dataset(settings.data, resolution=settings.resolution, seed=settings.seed)
     _check_auto_margin(settings, fingerprint)
-    storage = studies.open_storage(storage_url)
     record = {"space": space.name, "space_source": space.source, "target": settings.target,
               "fingerprint_id": fingerprint.id, "objective": settings.objective,
               "max_latency_ms": settings.max_latency_ms, "data": data.name, "budget": budget, "seed": settings.seed,
               "resolution": settings.resolution, "img_size": img_size, "fingerprint": fingerprint.to_dict()}
-    study = studies.create_or_resume(name, storage, record, settings.sampler, settings.trials,
-                                     resume_only=settings.resume)
-    stale = studies.recover_stale(study)
-    return OpenedSearch(space=space, name=name, storage_url=storage_url, study=study, fingerprint=fingerprint,
-                        data=data, budget=budget, stale_recovered=stale)
+    opened = OpenedSearch(space=space, name=name, storage_url=storage_url, study=None, fingerprint=fingerprint,
+                          data=data, budget=budget, stale_recovered=0)
+    _open_study(opened, settings, record)
+    return opened
+
+
+def _open_study(opened: OpenedSearch, settings: SearchSettings, record: dict[str, Any]) -> None:
+    """Take the lease (a SQLite study's lock before its file is opened), create or resume the study, check its
+    space, fail the trials a stopped driver left running. The lease is released again if any of it fails."""
+    name, space = opened.name, opened.space
+    opened.lease = acquire_file_lease(name, opened.storage_url)
+    try:
+        storage = studies.open_storage(opened.storage_url, heartbeat=True)
+        study = studies.create_or_resume(name, storage, record, settings.sampler, settings.trials,
+                                         resume_only=settings.resume)
+        if opened.lease is None:
+            opened.lease = AttrLease.acquire(name, study)
+        digest, marked = studies.check_space(name, study, space, settings.allow_space_change)
+        opened.space_hash = digest if marked else None
+        opened.stale_recovered = studies.recover_stale(study, space, exclusive=opened.lease.exclusive)
+        studies.drop_queued_outside(study, space)
+        opened.study = study
+    except BaseException:
+        if opened.lease is not None:
+            opened.lease.release()
+        raise
 
 
 def hardware_resource(fingerprint: Fingerprint) -> str:
@@ -336,7 +376,11 @@ class Proposal:
 
 
 class SearchLoop:
-    """The state of one run of the trial loop: trials in flight, counts, known results, the progress view."""
+    """The state of one run of the trial loop: trials in flight, counts, known results, the progress view.
+
+    ``in_flight`` (handle -> trial), ``started`` (handle -> submit time) and ``open`` (trial id -> trial asked and
+    not told yet) are shared with the keeper thread: changed only under ``lock``.
+    """
 
     def __init__(self, settings: SearchSettings, opened: OpenedSearch, predictor: LatencyPredictor, executor: Executor,
                  data_ref: Any, view: _Progress, on_event: Callable[[str, dict], None] | None = None,
@@ -347,20 +391,40 @@ class SearchLoop:
         self.name = opened.name
         self.space = opened.space
         self.budget = opened.budget
+        self.lease = opened.lease
+        self.mark = {"space_hash": opened.space_hash} if opened.space_hash else {}
         self.predictor = predictor
         self.executor = executor
         self.data_ref = data_ref
         self.view = view
         self.on_event = on_event
+        self.lock = threading.Lock()
         self.in_flight: dict[Any, optuna.trial.Trial] = {}
-        self.new_trials = self.failed = 0
+        self.started: dict[Any, float] = {}
+        self.open: dict[int, optuna.trial.Trial] = {}
+        self.timed_out: set[Any] = set()  # handles the keeper cancelled for --trial-timeout, not collected yet
+        self.lease_lost = False
+        self.new_trials = self.failed = self.timeouts = 0
         self.eval_seconds = 0.0
         self.max_failures = settings.failure_limit()
-        self.known = _known_results(self.study)  # network key -> the first completed trial that trained it
+        self.known = _known_results(self.study, self.space)  # network key -> the first completed trial that trained it
 
     def run(self) -> None:
-        """Ask, evaluate and tell until ``settings.trials`` trials have finished (or too many failed)."""
+        """Ask, evaluate and tell until ``settings.trials`` trials have finished (or too many failed). On Ctrl-C,
+        record what already came back, cancel the rest (see :meth:`stop`) and raise KeyboardInterrupt again."""
+        try:
+            with _Keeper(self):
+                self._loop()
+        except KeyboardInterrupt:
+            self.stop("interrupted (Ctrl-C)")
+            raise
+
+    def _loop(self) -> None:
         while True:
+            if self.lease_lost:
+                self.stop("this driver lost its lease on the study")
+                raise HilonasError(f"study {self.name!r}: this driver lost its lease (another driver took the study "
+                                   "over after this one stalled): stop the other driver, then run the command again")
             if self.failed >= self.max_failures and not self.in_flight:
                 raise HilonasError(f"{self.failed} trial evaluations failed (limit {self.max_failures}); the last "
                                    f"reason is stored with its trial: inspect with `hilonas results {self.name}`")
@@ -403,12 +467,22 @@ class SearchLoop:
         return False
 
     def propose(self) -> Proposal:
-        """Ask the study for a trial, sample its architecture and read its latency from the table."""
-        trial = self.study.ask()
-        arch = self.space.sample(trial)
+        """Ask the study for a trial, sample its architecture and read its latency from the table. A queued trial
+        whose parameters the space no longer has is told FAILED with the reason, and the next one asked."""
+        while True:
+            trial = studies.ask(self.study)
+            with self.lock:
+                self.open[trial._trial_id] = trial
+            studies.record_heartbeat(self.study, trial._trial_id)  # this driver owns it from now on
+            try:
+                arch = self.space.sample(trial)
+                break
+            except ValueError as err:  # Optuna: a fixed (queued) value that is not among the choices
+                self.tell(trial, None, TrialState.FAIL, {"fail_reason": f"queued parameters not in the current "
+                                                         f"search space ({err}): not evaluated"})
         latency = self.predictor.predict(arch)
         attrs: dict[str, Any] = {"arch": arch.to_dict(), "arch_text": arch.describe(), "predicted_latency_ms": latency,
-                                 "throughput": 1000.0 * self.settings.latency_batch / latency}
+                                 "throughput": 1000.0 * self.settings.latency_batch / latency, **self.mark}
         attrs.update(feasibility(latency, self.settings.max_latency_ms, self.margin))
         return Proposal(trial, arch, attrs, self._second(attrs))
 
@@ -418,16 +492,29 @@ class SearchLoop:
             p.trial.set_user_attr(key, value)
         payload = TrialPayload(arch=p.arch, budget=dict(self.budget), seed=self.settings.seed, threads=1,
                                device="cuda" if self.settings.target == "cuda" else "cpu")
-        self.in_flight[self.executor.submit(evaluate, payload, self.data_ref)] = p.trial
+        handle = self.executor.submit(evaluate, payload, self.data_ref)
+        with self.lock:
+            self.in_flight[handle] = p.trial
+            self.started[handle] = time.monotonic()
 
     # ------------------------------------------------------------------------------------------------- record
     def collect(self, handle: Any) -> None:
-        """Tell the study what the evaluation behind ``handle`` gave: a completed trial or a failed one."""
-        trial = self.in_flight.pop(handle)
+        """Tell the study what the evaluation behind ``handle`` gave: a completed trial or a failed one (one the
+        keeper cancelled for ``--trial-timeout`` fails with that reason)."""
+        with self.lock:
+            trial = self.in_flight.pop(handle)
+            self.started.pop(handle, None)
+            timed_out = handle in self.timed_out
+            self.timed_out.discard(handle)
         try:
             result: TrialResult = self.executor.result(handle)
         except EvaluationError as err:
-            self.record_failure(trial, str(err), {})
+            reason = str(err)
+            if timed_out:
+                self.timeouts += 1
+                reason = (f"timed out: ran over --trial-timeout {self.settings.trial_timeout:g} s and was cancelled "
+                          "(a later trial replaces it)")
+            self.record_failure(trial, reason, {})
             return
         self.eval_seconds += result.eval_seconds
         if not result.ok:
@@ -455,33 +542,115 @@ class SearchLoop:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.study.tell(trial, values, state=state)
+        with self.lock:
+            self.open.pop(trial._trial_id, None)
 
-    def cancel_all(self, reason: str = "interrupted (Ctrl-C)") -> None:
-        """Stop what is in flight and mark those trials failed with ``reason`` (a later run asks new ones)."""
-        for handle, trial in self.in_flight.items():
+    def stop(self, reason: str) -> None:
+        """Stop the loop: first record every result the executor already returned, then cancel what is still in
+        flight and mark those trials (and any asked, not yet told) FAILED with ``reason``; a later run asks new ones.
+        """
+        with self.lock:
+            handles = list(self.in_flight)
+        for handle in self.executor.ready(handles):
+            try:
+                self.collect(handle)
+            except Exception as err:  # a storage error must not hide the interrupt: the trial is failed below
+                print(f"warning: trial result not recorded ({type(err).__name__}: {err})", file=sys.stderr)
+        with self.lock:
+            handles, trials = list(self.in_flight), list(self.open.values())
+            self.in_flight.clear()
+            self.started.clear()
+        for handle in handles:
             self.executor.cancel(handle)
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-        self.in_flight.clear()
+        for trial in trials:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # told meanwhile
+                self.tell(trial, None, TrialState.FAIL, {"fail_reason": reason})
+
+    def overdue(self, now: float) -> list[Any]:
+        """Handles in flight for longer than ``--trial-timeout`` and not cancelled yet (marked cancelled now)."""
+        limit = self.settings.trial_timeout
+        if limit is None:
+            return []
+        with self.lock:
+            late = [h for h, t0 in self.started.items() if now - t0 > limit and h not in self.timed_out]
+            self.timed_out.update(late)
+        return late
+
+    def open_trial_ids(self) -> list[int]:
+        with self.lock:
+            return list(self.open)
 
     def _second(self, attrs: dict[str, Any]) -> float:
         return attrs["predicted_latency_ms"] if self.settings.objective == "latency" else attrs["throughput"]
+
+
+class _Keeper:
+    """The thread beside the loop (a context manager): every ``tick`` seconds it cancels trials past
+    ``--trial-timeout``; every :data:`studies.HEARTBEAT_SECONDS` it records the heartbeat of each trial the driver
+    has asked and not told (Ray workers never touch the study, so the driver keeps its trials' heartbeat) and renews
+    the lease. A storage error is reported once and retried at the next beat."""
+
+    def __init__(self, loop: SearchLoop, tick: float = 0.25, beat: float = studies.HEARTBEAT_SECONDS) -> None:
+        self.loop, self.tick, self.beat = loop, tick, beat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hilonas-keeper", daemon=True)
+        self._warned = False
+
+    def __enter__(self) -> _Keeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        next_beat = time.monotonic() + self.beat
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            for handle in self.loop.overdue(now):
+                self.loop.executor.cancel(handle)
+            if now >= next_beat:
+                next_beat = now + self.beat
+                self.step()
+
+    def step(self) -> None:
+        """One beat: the heartbeat of every open trial, then the lease."""
+        loop = self.loop
+        try:
+            for trial_id in loop.open_trial_ids():
+                studies.record_heartbeat(loop.study, trial_id)
+            if loop.lease is not None and not loop.lease.renew():
+                loop.lease_lost = True
+        except Exception as err:  # a busy or unreachable storage: the next beat tries again
+            if not self._warned:
+                print(f"warning: heartbeat not recorded ({type(err).__name__}: {str(err)[:160]}); retrying",
+                      file=sys.stderr)
+                self._warned = True
 
 
 # -------------------------------------------------------------------------------------------------- run
 def run_search(settings: SearchSettings, *, progress: bool = True,
                on_event: Callable[[str, dict], None] | None = None) -> SearchSummary:
     """Run (or resume) a search until ``settings.trials`` trials have finished. See the module docstring."""
+    opened = open_search(settings)
+    try:
+        return _run_opened(settings, opened, progress, on_event)
+    finally:
+        if opened.lease is not None:
+            opened.lease.release()
+
+
+def _run_opened(settings: SearchSettings, opened: OpenedSearch, progress: bool,
+                on_event: Callable[[str, dict], None] | None) -> SearchSummary:
     from hilonas.latency.predictor import LatencyPredictor
 
-    opened = open_search(settings)
     fingerprint = opened.fingerprint
     executor = make_executor(settings.executor, settings.workers, ray_address=settings.ray_address,
                              resources={hardware_resource(fingerprint): 1},
                              gpus_per_trial=1.0 if settings.target == "cuda" else 0.0)
     started = time.perf_counter()
     view: _Progress | None = None
-    loop: SearchLoop | None = None
     try:
         table = prepare_table(opened.space, fingerprint, settings.tables_dir, executor, progress)
         margin = resolve_margin(settings.latency_margin, table)
@@ -494,12 +663,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
         loop = SearchLoop(settings, opened, LatencyPredictor(table, **correction), executor, data_ref, view,
                           on_event, margin)
         loop_started = time.perf_counter()
-        loop.run()
+        loop.run()  # on Ctrl-C it records what came back and fails the rest itself
         loop_seconds = time.perf_counter() - loop_started
-    except KeyboardInterrupt:
-        if loop is not None:
-            loop.cancel_all()
-        raise
     finally:
         if view is not None:
             view.close()
@@ -509,7 +674,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True,
                          failed=loop.failed, new_trials=loop.new_trials, wall_seconds=time.perf_counter() - started,
                          eval_seconds=loop.eval_seconds, front_size=_front_size(study), table=str(table.path),
                          stale_recovered=opened.stale_recovered, loop_seconds=loop_seconds,
-                         table_measured_on=executor.last_pinned_node)
+                         table_measured_on=executor.last_pinned_node, timed_out=loop.timeouts)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -529,10 +694,13 @@ def _arch_key(arch: ArchConfig) -> tuple:
     return tuple(sorted((k.id, n) for k, n in arch_blocks(arch).items()))
 
 
-def _known_results(study: optuna.Study) -> dict[tuple, dict]:
+def _known_results(study: optuna.Study, space: SearchSpace) -> dict[tuple, dict]:
+    """Network key -> the first completed, trained trial of it that ``space`` can still sample (a trial of an
+    earlier version of the space that the new one lacks is kept in the study, never reused)."""
     out = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "arch" in t.user_attrs and not t.user_attrs.get("skipped") and t.values:
+        if ("arch" in t.user_attrs and not t.user_attrs.get("skipped") and t.values
+                and studies.arch_in_space(space, t.user_attrs["arch"])):
             out.setdefault(_arch_key(ArchConfig.from_dict(t.user_attrs["arch"])),
                            {"number": t.number, "accuracy": t.values[0], **t.user_attrs})
     return out

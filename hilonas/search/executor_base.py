@@ -8,6 +8,7 @@ Ray executor (:mod:`hilonas.search.ray_executor`, the only module that imports r
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -29,7 +30,9 @@ class Executor(abc.ABC):
         last_pinned_node: where the last :meth:`run_pinned` ran (a Ray node id), or None when it ran here.
 
     The driver calls, in this order: :meth:`put` and :meth:`warm_up` once; :meth:`submit` / :meth:`wait` /
-    :meth:`result` (and :meth:`cancel` on Ctrl-C) for every trial; :meth:`shutdown` once, always (``finally``).
+    :meth:`result` for every trial (:meth:`cancel` for a trial past ``--trial-timeout``, from the driver's keeper
+    thread while :meth:`wait` blocks; :meth:`ready` then :meth:`cancel` on Ctrl-C); :meth:`shutdown` once, always
+    (``finally``).
     """
 
     slots: int = 1
@@ -71,9 +74,16 @@ class Executor(abc.ABC):
             EvaluationError: ``fn`` raised, or its worker died past the retry limit; ``str()`` is the reason.
         """
 
+    def ready(self, handles: list[Handle]) -> list[Handle]:
+        """Those of ``handles`` whose result is there to collect now, without waiting or starting anything (on
+        Ctrl-C the driver records them before it cancels the rest). The default knows of none."""
+        return []
+
     def cancel(self, handle: Handle) -> None:
-        """Stop an evaluation that was submitted and not collected, best effort; never raises. Its result is
-        dropped: the handle must not be waited on or collected afterwards. The default does nothing."""
+        """Stop an evaluation that was submitted and not collected, best effort; never raises; may be called from
+        another thread while :meth:`wait` blocks. A :meth:`wait` on it returns it, and its :meth:`result` raises
+        EvaluationError, unless it finished first (then its result stands). The driver may also never collect it.
+        The default does nothing."""
         return None
 
     def run_pinned(self, fn: Callable[..., Any], *args: Any, resource: str | None = None, cpus: int = 1) -> Any:
@@ -94,7 +104,12 @@ class Executor(abc.ABC):
 
 class LocalExecutor(Executor):
     """Runs each evaluation in the driver process, one at a time, when :meth:`wait` asks for it. For debugging and
-    for tests that need no Ray."""
+    for tests that need no Ray.
+
+    The evaluation runs in a thread of its own, so :meth:`cancel` (``--trial-timeout``) can release a :meth:`wait`
+    blocked on it; Python cannot stop a thread, so a cancelled evaluation runs on in the background until it returns,
+    and its result is dropped. A KeyboardInterrupt raised inside an evaluation is raised again by :meth:`wait`.
+    """
 
     description = "local (in-process, one trial at a time)"
 
@@ -102,31 +117,62 @@ class LocalExecutor(Executor):
         self.slots = 1
         self._pending: dict[int, tuple[Callable[..., Any], tuple]] = {}
         self._done: dict[int, tuple[bool, Any]] = {}
+        self._running: set[int] = set()
         self._next = 0
+        self._changed = threading.Condition()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> int:
-        self._next += 1
-        self._pending[self._next] = (fn, args)
-        return self._next
+        with self._changed:
+            self._next += 1
+            self._pending[self._next] = (fn, args)
+            return self._next
 
     def wait(self, handles: list[int]) -> list[int]:
-        ready = [h for h in handles if h in self._done]
-        if ready:
-            return ready
-        handle = handles[0]
-        fn, args = self._pending.pop(handle)
-        try:
-            self._done[handle] = (True, fn(*args))
-        except Exception as err:  # the trial fails, the search goes on
-            self._done[handle] = (False, f"{type(err).__name__}: {err}")
+        with self._changed:
+            ready = [h for h in handles if h in self._done]
+            if ready:
+                return ready
+            handle = handles[0]
+            fn, args = self._pending.pop(handle)
+            self._running.add(handle)
+        threading.Thread(target=self._run, args=(handle, fn, args), daemon=True,
+                         name=f"hilonas-local-trial-{handle}").start()
+        with self._changed:
+            while handle not in self._done:
+                self._changed.wait(0.2)  # short waits: Ctrl-C reaches this thread
+            ok, value = self._done[handle]
+            if not ok and isinstance(value, KeyboardInterrupt):
+                del self._done[handle]
+                raise KeyboardInterrupt
         return [handle]
 
+    def _run(self, handle: int, fn: Callable[..., Any], args: tuple) -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, fn(*args))
+        except Exception as err:  # the trial fails, the search goes on
+            outcome = (False, f"{type(err).__name__}: {err}")
+        except KeyboardInterrupt as err:
+            outcome = (False, err)
+        with self._changed:
+            if handle in self._running:  # not cancelled meanwhile
+                self._running.discard(handle)
+                self._done[handle] = outcome
+            self._changed.notify_all()
+
     def result(self, handle: int) -> Any:
-        ok, value = self._done.pop(handle)
+        with self._changed:
+            ok, value = self._done.pop(handle)
         if not ok:
             raise EvaluationError(value)
         return value
 
+    def ready(self, handles: list[int]) -> list[int]:
+        with self._changed:
+            return [h for h in handles if h in self._done]
+
     def cancel(self, handle: int) -> None:
-        self._pending.pop(handle, None)
-        self._done.pop(handle, None)
+        with self._changed:
+            if self._pending.pop(handle, None) is not None or handle in self._running:
+                self._running.discard(handle)
+                self._done[handle] = (False, "cancelled")
+                self._changed.notify_all()

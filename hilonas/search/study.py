@@ -1,12 +1,15 @@
-"""The Optuna study behind a search: storage, sampler, directions, settings kept for resume, crash recovery.
+"""The Optuna study behind a search: storage, sampler, directions, settings and space kept for resume, crash recovery
+(heartbeat-based where the driver's lease cannot prove it is alone, see :mod:`hilonas.search.lease`).
 
 The driver process is the only writer (ask/tell); Ray tasks only evaluate. The storage is an ordinary Optuna storage
 (a SQLite file ``runs/<study>/study.db`` by default), so ``optuna.load_study`` and optuna-dashboard open it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hilonas.errors import HilonasError
+from hilonas.errors import ConfigError, HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -24,6 +27,10 @@ SETTINGS_ATTR = "hilonas_settings"
 RESUME_KEYS = ("space", "target", "fingerprint_id", "objective", "max_latency_ms", "data", "budget", "seed",
                "resolution")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Optuna's heartbeat, kept by the driver for every trial it has asked and not told yet (see driver._Keeper): a RUNNING
+# trial whose heartbeat is older than GRACE_SECONDS belongs to a driver that stopped.
+HEARTBEAT_SECONDS = 5
+GRACE_SECONDS = 20
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -39,12 +46,16 @@ def default_storage(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
     return f"sqlite:///{Path(runs_dir) / name / 'study.db'}"
 
 
-def open_storage(url: str, *, create_dir: bool = True) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; refuses with one line when it cannot be opened."""
+def open_storage(url: str, *, create_dir: bool = True, heartbeat: bool = False) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (with Optuna's trial heartbeat for the driver: ``heartbeat``); refuses with one
+    line when it cannot be opened."""
     if url.startswith("sqlite:///") and create_dir:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    beat = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": GRACE_SECONDS} if heartbeat else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        with warnings.catch_warnings():  # the heartbeat is an experimental argument of Optuna's: harmless
+            warnings.simplefilter("ignore")
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **beat)
     except Exception as err:  # SQLAlchemy raises many types: all mean the same thing to the user
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise HilonasError(f"--storage={url!r} cannot be opened ({reason[:160]}): give a valid Optuna storage URL, "
@@ -91,19 +102,26 @@ def create_or_resume(name: str, storage: optuna.storages.BaseStorage, settings: 
     sampler = make_sampler(sampler_name, settings.get("seed"), trials, constrained)
     if exists:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        stored = json.loads(study.user_attrs.get(SETTINGS_ATTR, "{}"))
-        for key in RESUME_KEYS:
-            if key in stored and stored[key] != settings.get(key):
-                raise HilonasError(f"study {name!r} was started with {key}={stored[key]!r}, now {settings.get(key)!r}: "
-                                   "use the same setting to resume, or a new --study name")
+        _check_resume(name, study, settings)
         return study
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                directions=directions(settings["objective"]))
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                    directions=directions(settings["objective"]))
+    except optuna.exceptions.DuplicatedStudyError:  # another driver created it a moment ago: resume it instead
+        return create_or_resume(name, storage, settings, sampler_name, trials, resume_only=True)
     study.set_user_attr(SETTINGS_ATTR, json.dumps(settings, sort_keys=True))
     with warnings.catch_warnings():  # experimental in Optuna, harmless
         warnings.simplefilter("ignore")
         study.set_metric_names(["accuracy", "latency_ms" if settings["objective"] == "latency" else "throughput"])
     return study
+
+
+def _check_resume(name: str, study: optuna.Study, settings: dict[str, Any]) -> None:
+    stored = json.loads(study.user_attrs.get(SETTINGS_ATTR, "{}"))
+    for key in RESUME_KEYS:
+        if key in stored and stored[key] != settings.get(key):
+            raise HilonasError(f"study {name!r} was started with {key}={stored[key]!r}, now {settings.get(key)!r}: "
+                               "use the same setting to resume, or a new --study name")
 
 
 def study_settings(study: optuna.Study) -> dict[str, Any]:
@@ -120,15 +138,162 @@ def _record_settings(study: optuna.Study) -> dict[str, Any]:
     return {**study_settings(study), **{k: attrs[k] for k in LATENCY_ERROR_ATTRS if k in attrs}}
 
 
-def recover_stale(study: optuna.Study) -> int:
-    """Trials left RUNNING by a crashed driver: mark FAILED and ask their architectures again. Returns how many."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "driver stopped while the trial ran")
-        study.tell(t.number, state=TrialState.FAIL)
-        if t.params:
+def recover_stale(study: optuna.Study, space: Any = None, exclusive: bool = True) -> int:
+    """Trials left RUNNING by a driver that stopped: mark FAILED (``fail_reason`` says why) and queue their
+    architectures again, when ``space`` (the current SearchSpace) still has them. Returns how many were failed.
+
+    ``exclusive``: the caller's lease proves no other driver of the study is alive (a SQLite study's lock), so every
+    RUNNING trial is stale, also one whose driver was killed a second ago. Otherwise only trials whose heartbeat
+    stopped more than :data:`GRACE_SECONDS` ago are: a live driver's trials are never touched.
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = None if exclusive else set(stale_trial_ids(study))
+    count = 0
+    for t in running:
+        if stale is not None and t._trial_id not in stale:
+            continue
+        reason = ("driver stopped while the trial ran" if stale is None else
+                  f"driver stopped while the trial ran (no heartbeat for over {GRACE_SECONDS} s)")
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            study.tell(t.number, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # its driver finished it meanwhile
+            continue
+        count += 1
+        if t.params and (space is None or params_in_space(space, t.params)):
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-    return len(stale)
+    return count
+
+
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Storage ids of the study's RUNNING trials whose heartbeat is older than the grace period (Optuna's rule;
+    a trial that never had a heartbeat is not among them). Empty without a heartbeat."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+        return []
+    return list(storage._get_stale_trial_ids(study._study_id))
+
+
+def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
+    """Record that the driver still owns trial ``trial_id`` (a no-op on a storage without heartbeat)."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        storage.record_heartbeat(trial_id)
+
+
+def ask(study: optuna.Study) -> optuna.trial.Trial:
+    """``study.ask()`` without Optuna's warning that its heartbeat is meant for ``optimize``: the driver keeps the
+    heartbeat of the trials it asks itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask()
+
+
+def drop_queued_outside(study: optuna.Study, space: Any) -> int:
+    """Queued (WAITING) trials whose parameters ``space`` no longer has: FAILED with the reason, never asked (asking
+    one would raise). Returns how many."""
+    count = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if params_in_space(space, t.system_attrs.get("fixed_params") or {}):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "queued for a retry, but its architecture is "
+                                           "not in the current search space: not evaluated")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        count += 1
+    return count
+
+
+# ------------------------------------------------------------------------------------------------- the space
+SPACE_HASH_ATTR = "space_hash"  # study attr: the hash of the space the study searches now (trial attr: see driver)
+SPACE_ATTR = "space_canonical"  # study attr: that space as a canonical dict (JSON), to name what changed
+SPACE_HISTORY_ATTR = "space_history"  # study attr: the spaces it searched before, and up to which trial
+
+
+def space_canonical(space: Any) -> dict[str, Any]:
+    """What a space samples from, as plain data: fixed fields and each stage's choices (not its name, description,
+    file or references)."""
+    return {"fixed": {k: space.fixed[k] for k in sorted(space.fixed)},
+            "stages": [{k: list(v) for k, v in sorted(st.items())} for st in space.stages]}
+
+
+def space_hash(canonical: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def space_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two canonical spaces, e.g. ``stages[1].dim choices [16, 32] -> [16, 64]``."""
+    out = []
+    old_fixed, new_fixed = old.get("fixed", {}), new.get("fixed", {})
+    for key in sorted(set(old_fixed) | set(new_fixed)):
+        if old_fixed.get(key) != new_fixed.get(key):
+            out.append(f"fixed.{key} {old_fixed.get(key)!r} -> {new_fixed.get(key)!r}")
+    old_stages, new_stages = old.get("stages", []), new.get("stages", [])
+    if len(old_stages) != len(new_stages):
+        out.append(f"{len(old_stages)} stages -> {len(new_stages)}")
+    for i, (a, b) in enumerate(zip(old_stages, new_stages)):
+        out += [f"stages[{i}].{k} choices {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)]
+    return out
+
+
+def check_space(name: str, study: optuna.Study, space: Any, allow_change: bool) -> tuple[str, bool]:
+    """Record the space's hash on the study, or check it against the recorded one on resume.
+
+    Returns (hash, changed): ``changed`` when the study searched another space before and ``allow_change`` let it
+    go on (the old space goes to the study's ``space_history``: trials up to the last one so far searched it).
+
+    Raises:
+        HilonasError: a changed space without ``allow_change`` (one line naming what changed and the fix).
+    """
+    canonical = space_canonical(space)
+    digest = space_hash(canonical)
+    attrs = study.user_attrs
+    stored = attrs.get(SPACE_HASH_ATTR)
+    changed = stored is not None and stored != digest
+    if changed:
+        changes = space_changes(json.loads(attrs.get(SPACE_ATTR, "{}")), canonical) or ["its choices"]
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        if not allow_change:
+            raise HilonasError(f"study {name!r} was searched in another version of space {space.name!r}: "
+                               f"{', '.join(changes[:3])}{more}; resume with the space it was started with, pass "
+                               "--allow-space-change to go on in the new one (earlier trials are kept, those outside "
+                               "it are not reused), or use a new --study name")
+        last = max((t.number for t in study.get_trials(deepcopy=False)), default=-1)
+        history = [*attrs.get(SPACE_HISTORY_ATTR, []),
+                   {"space_hash": stored, "last_trial": last, "changed": changes, "at": time.time()}]
+        study.set_user_attr(SPACE_HISTORY_ATTR, history)
+    if stored != digest:
+        study.set_user_attr(SPACE_ATTR, json.dumps(canonical, sort_keys=True))
+        study.set_user_attr(SPACE_HASH_ATTR, digest)
+    return digest, bool(changed or attrs.get(SPACE_HISTORY_ATTR))
+
+
+def params_in_space(space: Any, params: dict[str, Any]) -> bool:
+    """Whether every sampled parameter (``s<stage>_<field>``: value) is a choice ``space`` has."""
+    choices = {space.param_name(i, k): v for i, st in enumerate(space.stages) for k, v in st.items()}
+    return all(name in choices and value in choices[name] for name, value in params.items())
+
+
+def arch_in_space(space: Any, arch: dict[str, Any]) -> bool:
+    """Whether the architecture of a trial (its ``arch`` attr) is one ``space`` can sample."""
+    from hilonas.config import ArchConfig
+
+    try:
+        cfg = ArchConfig.from_dict(arch).canonical()
+        if len(cfg.depths) != len(space.stages):
+            return False
+        params = {}
+        for i, (choices, stage) in enumerate(zip(space.stages, cfg.stages())):
+            for key, values in choices.items():
+                value = getattr(stage, key)
+                params[space.param_name(i, key)] = value if value in values else values[0]
+        return space.from_params(params) == cfg
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return False
 
 
 def finished_count(study: optuna.Study) -> int:

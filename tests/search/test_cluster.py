@@ -1,13 +1,19 @@
 """Cluster routing: the search joins a Ray cluster, the latency work lands on the node that declares the target's
 hardware resource, and the table comes back to the driver as text merged into its own file.
 
-The first test fakes the cluster in-process (a node with its own disk); the second is a real two-node Ray cluster.
+The first test fakes the cluster in-process (a node with its own disk); the second is a real two-node Ray cluster,
+started the way the README tells a user to: token authentication on, one token for both nodes and the driver, given
+in the environment only.
 """
 import json
 import os
+import re
+import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,7 +88,7 @@ def local_only_entry(node_table, local_path):
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -94,8 +100,40 @@ def drop_entries(path, n):
     path.write_text(json.dumps(doc))
 
 
+def start_node(args, env, log):
+    """``ray start ARGS --block`` in its own process group, returned once the node is up (its processes are that
+    group: the test ends them by the group's id, never with ``ray stop``, which would stop every Ray here)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([RAY, "start", *args, "--block", "--num-cpus", "1", "--disable-usage-stats"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while "will now block" not in Path(log).read_text():
+        assert proc.poll() is None and time.time() < deadline, Path(log).read_text()[-3000:]
+        time.sleep(0.25)
+    return proc
+
+
+def stop_node(proc):
+    """End a test node: SIGKILL to its process group (a test node keeps nothing worth a graceful drain, which
+    waits up to 30 s)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait(timeout=30)
+
+
+def refused(address, env):
+    """True when a driver with ``env`` cannot join the cluster at ``address`` (Ray retries a refused token once a
+    second, 20 times by default: 3 here)."""
+    code = f"import ray; ray.init(address={address!r}, log_to_driver=False); print('joined')"
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_NUM_REDIS_GET_RETRIES": "3"},
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode != 0 and "joined" not in proc.stdout
+
+
 @pytest.mark.slow
-def test_search_on_two_node_cluster(workdir, settings, target_fp):
+def test_search_on_two_node_cluster(workdir, settings, target_fp, monkeypatch, tmp_path):
     import ray
 
     from hilonas.search.driver import hardware_resource, run_search
@@ -103,27 +141,39 @@ def test_search_on_two_node_cluster(workdir, settings, target_fp):
     resource = hardware_resource(target_fp)
     table = next((workdir / "latency_tables").glob("*.json"))
     drop_entries(table, 2)  # two blocks to measure, on the node with the resource
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
+    token = secrets.token_hex(32)  # one token for the nodes and the driver, in the environment only
+    home = tmp_path / "home"  # the nodes' home: where Ray would keep a token file (~/.ray/auth_token)
+    home.mkdir()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+           "HOME": str(home)}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    nodes = []
     try:
-        subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
-                       check=True, env=env, capture_output=True, timeout=120)
-        subprocess.run([RAY, "start", "--address", address, "--resources", json.dumps({resource: 1}), *common],
-                       check=True, env=env, capture_output=True, timeout=120)
-        ray.init(address=address, log_to_driver=False)
+        # No --node-ip-address: Ray would turn 127.0.0.1 into this machine's address anyway (a node of a cluster
+        # must be reachable from the others); the head prints the address to join, as a user would copy it.
+        nodes.append(start_node(["--head", "--port", str(free_port()), "--include-dashboard", "false"], env,
+                                tmp_path / "head.log"))
+        address = re.search(r"ray start --address='([^']+)'", (tmp_path / "head.log").read_text()).group(1)
+        nodes.append(start_node(["--address", address, "--resources", json.dumps({resource: 1})], env,
+                                tmp_path / "node.log"))
+        # The driver is this process, given the token the same way: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN.
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            monkeypatch.setenv(key, env[key])
+        monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
         try:
-            nodes = [n for n in ray.nodes() if n["Alive"]]
-            assert len(nodes) == 2
-            hw_node = next(n["NodeID"] for n in nodes if resource in n["Resources"])
-            # In-process driver, joined to the cluster (a joined runtime is left running by the executor).
+            # RayExecutor joins (and leaves the cluster running, and this process connected, afterwards).
             summary = run_search(settings(workdir, study="c", trials=3, workers=2, ray_address=address),
                                  progress=False)
+            alive = [n for n in ray.nodes() if n["Alive"]]
         finally:
             ray.shutdown()
+        assert len(alive) == 2
+        hw_node = next(n["NodeID"] for n in alive if resource in n["Resources"])
         assert summary.finished == 3
         assert summary.table_measured_on == hw_node  # the blocks were measured on the node with the resource
         assert len(json.loads(table.read_text())["entries"]) > 0
+        assert refused(address, {**env, "RAY_AUTH_TOKEN": "0" * 64})  # another token is turned away
+        assert not list(home.rglob("*auth_token*"))  # the token stayed in the environment
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for proc in reversed(nodes):
+            stop_node(proc)

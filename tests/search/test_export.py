@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def cli(*args, cwd):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env = dict(os.environ)
     return subprocess.run([sys.executable, "-m", "hilonas.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
 

@@ -1,10 +1,14 @@
-"""The search on a real local Ray driven from this process: trial counts, resume, failures shipped from workers.
+"""The search on a real local Ray driven from this process: the runtime locked down (127.0.0.1, a token of its own),
+--workers capped to its CPUs, trial counts, resume, failures shipped from workers.
 
 One Ray runtime serves the module (each search would otherwise start and stop its own, about 5 s apiece): the
 executor joins a runtime that is already running and leaves it running. Starting and stopping its own runtime is
 what the command-line runs of test_search.py (SIGKILL, resume) exercise.
 """
-import logging
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import optuna
 import pytest
@@ -17,16 +21,68 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray(target_fp):
-    """A local Ray runtime shaped like the one RayExecutor starts: 2 CPUs, this machine's hardware resource."""
-    import ray
-
+    """A local Ray runtime started the way RayExecutor starts one (127.0.0.1, a token of its own), with 2 CPUs and
+    this machine's hardware resource."""
     from hilonas.search.driver import hardware_resource
+    from hilonas.search.ray_executor import start_local, stop_local
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, resources={hardware_resource(target_fp): 1},
-             logging_level=logging.WARNING, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    start_local(2, {hardware_resource(target_fp): 1})
     yield
-    ray.shutdown()
+    stop_local()
+
+
+def test_local_runtime_is_locked_down():
+    """Token authentication on, with a token of the runtime's own that no file holds; Ray listens on 127.0.0.1 only;
+    a driver of this machine joins with the token and is turned away with another."""
+    import ray
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    from .test_cluster import refused
+
+    token = os.environ["RAY_AUTH_TOKEN"]
+    assert get_authentication_mode() == AuthenticationMode.TOKEN and len(token) == 64
+    address = ray.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:") and {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    assert listening_hosts({os.getpid()}) == {"127.0.0.1"}
+    session = ray._private.worker._global_node.get_session_dir_path()
+    found = subprocess.run(["grep", "-rlF", token, session], capture_output=True, text=True)
+    assert found.returncode == 1, found.stdout  # in no file of the session
+    # A driver that may keep 127.0.0.1 (Ray otherwise turns it into this machine's routable address).
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    assert not refused(address, env)
+    assert refused(address, {**env, "RAY_AUTH_TOKEN": "0" * 64})
+
+
+def descendants(roots):
+    """The ids of the processes below ``roots`` (children, grandchildren...), from /proc."""
+    parent = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    found, todo = set(), set(roots)
+    while todo:
+        todo = {pid for pid, ppid in parent.items() if ppid in todo} - found
+        found |= todo
+    return found
+
+
+def listening_hosts(roots):
+    """The hosts the processes below ``roots`` listen on (TCP), from ``ss``: e.g. {'127.0.0.1'}."""
+    pids = descendants(roots)
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    hosts = [line.split()[3].rsplit(":", 1)[0] for line in out.splitlines()
+             if {int(p) for p in re.findall(r"pid=(\d+)", line)} & pids]
+    return {h.removeprefix("[::ffff:").removeprefix("[").removesuffix("]") for h in hosts}
+
+
+def test_workers_capped_to_the_cpus_ray_reports(capsys):
+    from hilonas.search.ray_executor import RayExecutor
+
+    executor = RayExecutor(64)  # joins the module's runtime: 2 CPUs
+    assert executor.slots == 2
+    assert capsys.readouterr().err.strip() == "notice: --workers 64 capped to the 2 CPUs Ray reports"
 
 
 def complete(study_path, name="t"):
