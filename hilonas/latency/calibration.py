@@ -78,9 +78,10 @@ class Calibration:
         """The scale of one block group (1 when the calibration has none for it)."""
         return self.group_scale.get(group, 1.0)
 
-    def finish(self, weighted_ms: float) -> float:
-        """``intercept_ms + scale * weighted_ms``, where ``weighted_ms = sum_g(factor(g) * raw_g)``."""
-        return self.intercept_ms + self.scale * weighted_ms
+    def finish(self, weighted_ms: float, intercept_factor: float = 1.0) -> float:
+        """``intercept_ms * intercept_factor + scale * weighted_ms``, where ``weighted_ms = sum_g(factor(g) * raw_g)``
+        (``intercept_factor``: how much slower than at build the per-network overhead runs, 1 as measured)."""
+        return self.intercept_ms * intercept_factor + self.scale * weighted_ms
 
     def apply(self, raw_by_group: Mapping[str, float]) -> float:
         """The calibrated latency (ms) of a network whose raw block sums by group are ``raw_by_group``."""

@@ -50,7 +50,8 @@ class LatencyPredictor:
             prediction times it (1.0: the machine as it was when the table was measured).
         group_factors: this run's factor per calibration group (a speed probe's group factors): each block's stored
             figure ``ms`` is scaled by its group's factor times ``ms ** size_exponent`` before the calibration; a
-            group without one takes ``default_group_factor`` (1 when None). :meth:`predict_base` ignores them too.
+            group without one takes ``default_group_factor`` (1 when None), and so does the calibration's
+            intercept (what a network costs beyond its blocks). :meth:`predict_base` ignores them too.
             The usual way to pass these is ``**speed_kwargs(probe)`` (:func:`hilonas.latency.probe.speed_kwargs`).
     """
 
@@ -131,7 +132,7 @@ class LatencyPredictor:
     def predict(self, arch: ArchConfig) -> float:
         """Calibrated latency (ms) of ``arch`` on the table's hardware as it runs today: blocks scaled by this run's
         group factors, then the calibration, then times this run's speed factor."""
-        return self._cal.finish(self._sums(arch)[2]) * self.speed_factor
+        return self._cal.finish(self._sums(arch)[2], self._default_group) * self.speed_factor
 
     def predict_base(self, arch: ArchConfig) -> float:
         """Calibrated latency (ms) as the table was measured (no speed factor, no group factors)."""

@@ -170,7 +170,7 @@ def _passes(blocks: list[BlockKey], nets: list[ArchConfig], table: LatencyTable,
     from hilonas.latency.build import measurement_settings
     from hilonas.latency.measure import network_passes
 
-    settings = {**measurement_settings(table), "max_attempts": 1}
+    settings = measurement_settings(table)
     out: list[list[Any]] = [[] for _ in [*blocks, *nets]]
     passes = network_passes(nets, fp, **settings) if nets else None
     pass_started = time.perf_counter()
@@ -191,6 +191,7 @@ def _passes(blocks: list[BlockKey], nets: list[ArchConfig], table: LatencyTable,
 
 MAX_SIZE_EXPONENT = 0.15  # |exponent| above this is not believed (clipped): a few noisy blocks, not a trend
 MIN_T = 2.0  # the size exponent is used only when it is this many standard errors from 0
+MIN_NETWORK_MS = 2.0  # below this (the probe networks' median raw sum) the block correction is not used
 
 
 def fit_block_factors(by_group: Mapping[str, list[tuple[float, float]]]) -> tuple[dict[str, float], float]:
@@ -237,6 +238,8 @@ def _residual(table: LatencyTable, nets: list[ArchConfig], ratios: tuple[float, 
 
     if not group_factors:
         return None
+    if statistics.median(LatencyPredictor(table).predict_raw(a) for a in nets) < MIN_NETWORK_MS:
+        return None  # networks of a few tenths of a millisecond: their blocks' ratios are timing noise
     base = LatencyPredictor(table)
     corrected = LatencyPredictor(table, group_factors=group_factors, default_group_factor=block_factor,
                                  size_exponent=exponent)
@@ -268,10 +271,9 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     keys = probe_blocks(table, blocks) if blocks > 0 else []
     started = time.perf_counter()
     fp = fp or table.fingerprint
-    # The networks first (they set the level), then the blocks (only their ratios to one another matter: the
-    # residual re-anchors the level on the networks). One attempt per timing: a build re-measures a noisy attempt
-    # to steady its median, but the probe's figure is the table's statistic pooled over passes, and on a busy
-    # machine the retries cost passes (4 instead of 12 in 14 s here), which is what steadies a minimum.
+    # The networks first, exactly as the table timed its calibration networks (they set the level); then the
+    # blocks as the build timed them, one attempt each (only their ratios to one another matter: the residual
+    # re-anchors the level on the networks).
     share = NETWORK_SHARE if keys else 1.0
     net_t = _passes([], [a for a, _ in nets], table, fp, started + share * budget_s)
     block_t = _passes([k for k, _ in keys], [], table, fp, started + budget_s) if keys else []

@@ -153,8 +153,8 @@ def test_group_factors_scale_each_kind_of_block_before_the_calibration(tmp_path)
     table = fake_table(tmp_path, cal)
     probe = {"factor": 1.4, "residual": 1.05, "group_factors": {"stem": 2.0, "head": 3.0}, "block_factor": 1.5}
     p = LatencyPredictor(table, **speed_kwargs(probe))
-    # stem 0.5 x 2 + head 0.125 x 3, the rest (block:none 2.0, merge 0.25, block:hilo 6.0) x 1.5
-    assert p.predict(ARCH) == pytest.approx(1.05 * (0.5 + 1.2 * (1.0 + 0.375 + 1.5 * 8.25)))
+    # stem 0.5 x 2 + head 0.125 x 3, the rest (block:none 2.0, merge 0.25, block:hilo 6.0) and the intercept x 1.5
+    assert p.predict(ARCH) == pytest.approx(1.05 * (1.5 * 0.5 + 1.2 * (1.0 + 0.375 + 1.5 * 8.25)))
     assert p.predict_base(ARCH) == pytest.approx(0.5 + 1.2 * 8.875)
     assert LatencyPredictor(table, **speed_kwargs({"factor": 1.4})).predict(ARCH) == pytest.approx(
         1.4 * (0.5 + 1.2 * 8.875))  # a probe without group factors (taken before they existed) scales by its factor

