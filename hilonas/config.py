@@ -28,6 +28,19 @@ from hilonas.mixers import MIXERS, lofi_heads  # noqa: F401  (re-exported: the r
 
 MERGES = ("conv", "dtm")
 STAGE_FIELDS = ("depth", "dim", "heads", "mlp_ratio", "mixer", "alpha", "window")
+
+
+def check_stage_mapping(i: int, st: Any) -> None:
+    """Stage ``i`` of an architecture or a space is a mapping of known stage fields with depth and dim (values are
+    checked by the caller). Raises ConfigError naming the stage and the field."""
+    if not isinstance(st, dict):
+        raise ConfigError(f"stages[{i}] must be a mapping with {', '.join(STAGE_FIELDS)}")
+    bad = sorted(set(st) - set(STAGE_FIELDS), key=str)
+    if bad:
+        raise ConfigError(f"stages[{i}].{bad[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
+    for key in ("depth", "dim"):
+        if key not in st:
+            raise ConfigError(f"stages[{i}].{key} is missing: every stage needs depth and dim")
 _PER_STAGE = ("depths", "embed_dims", "num_heads", "mlp_ratios", "mixers", "alphas", "window_sizes")
 GLOBAL_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "merge", "qkv_bias", "drop_path_rate", "pad")
 # The largest value of each field hilonas builds: far beyond any real network, so a slip (an extra zero, a pasted
@@ -240,14 +253,7 @@ class ArchConfig:
         per_stage: dict[str, list] = {name: [] for name in _PER_STAGE}
         defaults = {"heads": 1, "mlp_ratio": 4.0, "mixer": "hilo", "alpha": 0.9, "window": 2}
         for i, st in enumerate(stages):
-            if not isinstance(st, dict):
-                raise ConfigError(f"stages[{i}] must be a mapping with {', '.join(STAGE_FIELDS)}")
-            bad = sorted(set(st) - set(STAGE_FIELDS), key=str)
-            if bad:
-                raise ConfigError(f"stages[{i}].{bad[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
-            for key in ("depth", "dim"):
-                if key not in st:
-                    raise ConfigError(f"stages[{i}].{key} is missing: every stage needs depth and dim")
+            check_stage_mapping(i, st)
             merged = {**defaults, **st}
             for name, key in zip(_PER_STAGE, STAGE_FIELDS):
                 value = merged[key]

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hilonas.config import GLOBAL_FIELDS, MIXERS, STAGE_FIELDS, ArchConfig, load_yaml
+from hilonas.config import GLOBAL_FIELDS, MIXERS, STAGE_FIELDS, ArchConfig, check_stage_mapping, load_yaml
 from hilonas.errors import ConfigError
 
 _TOP_KEYS = ("name", "description", "fixed", "stages", "references")
@@ -39,14 +39,7 @@ def packaged_spaces() -> dict[str, Any]:
 
 def _stage_choices(i: int, st: Any) -> dict[str, tuple]:
     """The choices of stage ``i`` as written in a space file, checked field by field (defaults filled in)."""
-    if not isinstance(st, dict):
-        raise ConfigError(f"stages[{i}] must be a mapping of field -> choices")
-    extra = sorted(set(st) - set(STAGE_FIELDS), key=str)
-    if extra:
-        raise ConfigError(f"stages[{i}].{extra[0]} is not a stage field: allowed are {', '.join(STAGE_FIELDS)}")
-    for key in ("depth", "dim"):
-        if key not in st:
-            raise ConfigError(f"stages[{i}].{key} is missing: every stage needs depth and dim choices")
+    check_stage_mapping(i, st)
     choices = {}
     for key in STAGE_FIELDS:
         value = st.get(key, _STAGE_DEFAULTS.get(key))
