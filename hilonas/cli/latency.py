@@ -212,7 +212,8 @@ def _print_validation(result: dict[str, Any], title: str) -> None:
     if result["probe"] is not None:
         p = result["probe"]
         typer.echo(f"  speed probe at start: factor {p['factor']:.3f} (spread {p['spread']:.3f}, {p['networks']} "
-                   f"networks, {p['seconds']:.1f} s); predictions below are scaled by it")
+                   f"networks, {p['seconds']:.1f} s); predictions below are corrected by it"
+                   + (" kind by kind" if p.get("residual") is not None else ""))
     typer.echo(f"  within +-5%: {result['within_5']:.0%}   within +-10%: {result['within_10']:.0%}   "
                f"mean |error| {result['mape']:.1%}   max |error| {result['max_ape']:.1%}   "
                f"Spearman {result['spearman']:.3f}   bias {result['bias']:+.1%}")

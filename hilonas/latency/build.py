@@ -140,8 +140,10 @@ def _settings(**overrides: Any) -> dict[str, Any]:
     return s
 
 
-def progress_bar(enabled: bool):
-    """A rich Progress on stderr (bar, count, elapsed, ETA), or a no-op stand-in."""
+def progress_bar(enabled: bool, *, label: str = "[bold]{task.description}", status: bool = False,
+                 stderr: bool = True):
+    """A rich Progress (label, bar, count, ``status`` field when asked, elapsed, ETA) on stderr or stdout, or a no-op
+    stand-in when disabled. The one place hilonas lays out a progress line (table builds, searches)."""
     if not enabled:
         return _NoProgress()
     from rich.console import Console
@@ -154,8 +156,9 @@ def progress_bar(enabled: bool):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+    extra = [TextColumn("{task.fields[status]}")] if status else []
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=stderr), transient=False)
 
 
 class _NoProgress:

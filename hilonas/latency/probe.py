@@ -238,9 +238,9 @@ def _residual(table: LatencyTable, nets: list[ArchConfig], ratios: tuple[float, 
 
     if not group_factors:
         return None
-    if statistics.median(LatencyPredictor(table).predict_raw(a) for a in nets) < MIN_NETWORK_MS:
-        return None  # networks of a few tenths of a millisecond: their blocks' ratios are timing noise
     base = LatencyPredictor(table)
+    if statistics.median(base.predict_raw(a) for a in nets) < MIN_NETWORK_MS:
+        return None  # networks of a few tenths of a millisecond: their blocks' ratios are timing noise
     corrected = LatencyPredictor(table, group_factors=group_factors, default_group_factor=block_factor,
                                  size_exponent=exponent)
     left = [r * base.predict(a) / corrected.predict(a) for r, a in zip(ratios, nets)]

@@ -719,18 +719,9 @@ class _Progress:
         self.front = 0
         if not enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from hilonas.latency.build import progress_bar
 
-        self.bar = Progress(TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), transient=False)
+        self.bar = progress_bar(True, label="[bold]search[/]", status=True, stderr=False)
         self.bar.console.print(f"executor: {description}")
         self.task = self.bar.add_task("search", total=total, status="")
         self.bar.start()
