@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -19,10 +20,12 @@ from typing import Any
 import pandas as pd
 
 from hilonas import __version__
+from hilonas.analysis.front import pareto_mask
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write, read_text
 
+DEFAULT_TRIES = 3  # export --max-latency-ms: trials re-measured against the limit before giving up
 WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
 # Everything an export folder can hold; arch.yaml (the architecture plus its provenance) is always there.
 EXPORT_FILES = ("arch.yaml", "weights.safetensors", "model.onnx")
@@ -52,16 +55,26 @@ def check_replaceable(out_dir: Path) -> None:
 def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: float | None = None,
                  min_accuracy: float | None = None, knee: bool = False) -> pd.Series:
     """The row to export: a trial number, the most accurate under a latency, the fastest above an accuracy, or the
-    front's knee (the member farthest from the line through the front's two ends, both axes scaled to [0, 1])."""
+    front's knee (the member farthest from the line through the front's two ends, both axes scaled to [0, 1]).
+
+    ``--min-accuracy`` and ``--knee`` prefer the promoted accuracy (hilonas.search.promote) where a trial has one:
+    the knee is then taken over the promoted front members by their promoted figures."""
     chosen = [x is not None for x in (trial, max_latency_ms, min_accuracy)] + [knee]
     if sum(chosen) != 1:
         raise HilonasError("choose what to export with exactly one of --trial N, --max-latency-ms X, "
                            "--min-accuracy A, --knee")
     usable = df[(df["state"] == "COMPLETE") & df["feasible"] & df["accuracy"].notna() & df["landmark"].isna()]
+    # A promoted trial's figure (trained at the reference budget) stands in for its proxy accuracy where present.
+    promoted = usable.get("promoted_accuracy", pd.Series(float("nan"), index=usable.index)).astype(float)
     if knee:
         front = usable[usable["on_front"]].sort_values("latency_ms")
         if front.empty:
             raise HilonasError("--knee: the study has no finished feasible trial yet: run the search first")
+        lifted = front[promoted[front.index].notna()]
+        if not lifted.empty:  # the knee of the promoted members' own front, by their promoted accuracy
+            acc = lifted["promoted_accuracy"].astype(float)
+            lifted = lifted[pareto_mask(acc.tolist(), lifted["latency_ms"].tolist())]
+            return lifted.iloc[knee_index(lifted["latency_ms"].tolist(), lifted["promoted_accuracy"].tolist())]
         return front.iloc[knee_index(front["latency_ms"].tolist(), front["accuracy"].tolist())]
     if trial is not None:
         rows = df[df["number"] == trial]
@@ -82,12 +95,14 @@ def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: 
             raise HilonasError(f"--max-latency-ms={max_latency_ms:g}: no finished trial is that fast (the fastest "
                                f"predicts {fastest:.3g} ms): raise the limit")
         return ok.sort_values(["accuracy", "latency_ms"], ascending=[False, True], kind="stable").iloc[0]
+    usable = usable.assign(accuracy=promoted.fillna(usable["accuracy"].astype(float)))
     ok = usable[usable["accuracy"] >= min_accuracy]
     if ok.empty:
         best = usable["accuracy"].max() if not usable.empty else float("nan")
         raise HilonasError(f"--min-accuracy={min_accuracy:g}: no finished trial is that accurate (the best reaches "
                            f"{best:.4f}): lower the threshold")
-    return ok.sort_values(["latency_ms", "accuracy"], ascending=[True, False], kind="stable").iloc[0]
+    # The row as the study has it (its proxy accuracy), not the promoted figure it was chosen by.
+    return df.loc[ok.sort_values(["latency_ms", "accuracy"], ascending=[True, False], kind="stable").index[0]]
 
 
 def knee_index(latency: list[float], accuracy: list[float]) -> int:
@@ -104,14 +119,24 @@ def knee_index(latency: list[float], accuracy: list[float]) -> int:
     return max(range(len(dist)), key=lambda i: (dist[i], -i))
 
 
+class OverLimit(Exception):
+    """The re-measured latency of a trial exceeds the export's limit: nothing was written."""
+
+    def __init__(self, measurement: dict[str, Any]) -> None:
+        super().__init__(f"re-measured {measurement['measured_latency_ms']:.3f} ms")
+        self.measurement = measurement
+
+
 def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, *, weights: bool = False,
                  onnx: bool = False, measure: bool = True, epochs: float | None = None,
                  data_spec: str | None = None, force: bool = False,
-                 tables_dir: str | Path = DEFAULT_TABLES_DIR, probe: bool = True) -> dict[str, Any]:
+                 tables_dir: str | Path = DEFAULT_TABLES_DIR, probe: bool = True,
+                 limit_ms: float | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``out_dir`` with arch.yaml (+ weights.safetensors, model.onnx); return the provenance written.
 
     An existing non-empty ``out_dir`` is refused unless ``force``, which replaces it only once the new export is
-    complete, and only when it holds an earlier export (see :func:`check_replaceable`).
+    complete, and only when it holds an earlier export (see :func:`check_replaceable`). With ``limit_ms``, a
+    re-measured latency above it raises :class:`OverLimit` and nothing is written; ``extra`` joins the provenance.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -135,9 +160,11 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
         "space": settings.get("space"), "target": settings.get("target"),
         "fingerprint_id": settings.get("fingerprint_id"), "fingerprint": settings.get("fingerprint"),
         "predicted_latency_ms": float(row["latency_ms"]), "throughput": float(row["throughput"]),
-        "proxy_accuracy": float(row["accuracy"]), "flops": _int(row.get("flops")), "params": _int(row.get("params")),
+        "proxy_accuracy": float(row["accuracy"]), "promoted_accuracy": _float(row.get("promoted_accuracy")),
+        "flops": _int(row.get("flops")), "params": _int(row.get("params")),
         "proxy": {"data": settings.get("data"), "resolution": settings.get("resolution"),
                   "budget": settings.get("budget"), "seed": settings.get("seed")},
+        **(extra or {}),
     }
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
@@ -148,8 +175,10 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
                                              tmp / "weights.safetensors" if weights else None)
         _write_doc(tmp, arch, provenance)
         if measure:  # the written file, loaded by a fresh process as a user would
-            provenance["measurement"] = remeasure(arch, settings, tables_dir, arch_yaml=tmp / "arch.yaml",
-                                                  probe=probe)
+            provenance["measurement"] = m = remeasure(arch, settings, tables_dir, arch_yaml=tmp / "arch.yaml",
+                                                      probe=probe)
+            if limit_ms is not None and m.get("measured") and m["measured_latency_ms"] > limit_ms:
+                raise OverLimit(m)
             _write_doc(tmp, arch, provenance)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
@@ -168,28 +197,73 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
 def export_from_study(study: str, out_dir: str | Path | None = None, *, storage: str | None = None,
                       runs_dir: str | Path = DEFAULT_RUNS_DIR, trial: int | None = None,
                       max_latency_ms: float | None = None, min_accuracy: float | None = None, knee: bool = False,
-                      **kwargs: Any) -> tuple[pd.Series, Path, dict[str, Any]]:
+                      tries: int = DEFAULT_TRIES, **kwargs: Any) -> tuple[pd.Series, Path, dict[str, Any]]:
     """Pick a trial of ``study`` (see :func:`select_trial`) and export it (see :func:`export_trial`).
 
     ``out_dir`` defaults to ``<runs_dir>/<study>/export-trial<N>``; ``kwargs`` go to :func:`export_trial`. Returns
     (the trial's results row, the folder written, the provenance); when the latency was re-measured, the provenance's
-    ``measurement`` also holds ``error`` (measured / predicted - 1).
-    """
-    from hilonas.search.study import MEASURED_EXPORTS_ATTR, load_existing, study_results, study_settings
+    ``measurement`` also holds ``error`` (measured / predicted - 1). Every re-measurement is recorded in the study, so
+    the Pareto page marks the point as measured.
 
+    With ``max_latency_ms`` the limit is held by measurement: when the chosen trial re-measures above it (on the
+    target machine), nothing is written for it, one line says so on stderr, and the next most accurate trial under
+    the limit is tried, up to ``tries`` trials; the provenance's ``limit`` lists the trials passed over.
+    """
+    from hilonas.search.study import load_existing, study_results, study_settings
+
+    if int(tries) < 1:
+        raise HilonasError(f"--tries={tries} must be >= 1: the number of trials to re-measure against the limit")
     opened = load_existing(study, storage, runs_dir)
+    settings = study_settings(opened)
     df, _ = study_results([study], storage, runs_dir)
-    row = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, knee=knee)
-    target = Path(out_dir) if out_dir is not None else Path(runs_dir) / study / f"export-trial{int(row['number'])}"
-    prov = export_trial(row, study_settings(opened), target, **kwargs)
+    held = max_latency_ms is not None and kwargs.get("measure", True)
+    passed_over: list[dict[str, Any]] = []
+    while True:
+        try:
+            row = select_trial(df, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, knee=knee)
+        except HilonasError as err:
+            if not passed_over:
+                raise
+            raise HilonasError(f"--max-latency-ms={max_latency_ms:g}: {_passed_over_text(passed_over)}; no other "
+                               f"trial is under the limit ({err}): raise the limit") from None
+        number = int(row["number"])
+        target = Path(out_dir) if out_dir is not None else Path(runs_dir) / study / f"export-trial{number}"
+        try:
+            limit = {"max_latency_ms": float(max_latency_ms), "passed_over": list(passed_over)} if held else None
+            prov = export_trial(row, settings, target, limit_ms=max_latency_ms if held else None,
+                                extra={"limit": limit} if held else None, **kwargs)
+            break
+        except OverLimit as over:
+            _record_measurement(opened, number, over.measurement)
+            passed_over.append({"trial": number, "predicted_latency_ms": float(row["latency_ms"]),
+                                "measured_latency_ms": over.measurement["measured_latency_ms"]})
+            if len(passed_over) >= tries:
+                raise HilonasError(f"--max-latency-ms={max_latency_ms:g}: {_passed_over_text(passed_over)}: "
+                                   f"nothing written; pass --tries N to try more trials, raise the limit, or check the "
+                                   "table with `hilonas latency validate`") from None
+            print(f"trial {number} re-measured {over.measurement['measured_latency_ms']:.2f} ms, over "
+                  f"--max-latency-ms {max_latency_ms:g}: trying the next most accurate trial", file=sys.stderr)
+            df = df[df["number"] != number]
     m = prov.get("measurement", {})
     if m.get("measured"):
         m["error_vs_study"] = m["measured_latency_ms"] / prov["predicted_latency_ms"] - 1.0
-        measured = dict(opened.user_attrs.get(MEASURED_EXPORTS_ATTR, {}))
-        measured[str(int(row["number"]))] = {k: m[k] for k in ("measured_latency_ms", "predicted_today_ms",
-                                                                "speed_factor", "error", "measured_at")}
-        opened.set_user_attr(MEASURED_EXPORTS_ATTR, measured)  # the Pareto page marks these points as measured
+        _record_measurement(opened, number, m)
     return row, target, prov
+
+
+def _passed_over_text(passed_over: list[dict[str, Any]]) -> str:
+    return ", ".join(f"trial {p['trial']} re-measured {p['measured_latency_ms']:.2f} ms (predicted "
+                     f"{p['predicted_latency_ms']:.2f})" for p in passed_over)
+
+
+def _record_measurement(opened: Any, number: int, m: dict[str, Any]) -> None:
+    """Keep a trial's re-measured latency in the study (the Pareto page marks these points as measured)."""
+    from hilonas.search.study import MEASURED_EXPORTS_ATTR
+
+    measured = dict(opened.user_attrs.get(MEASURED_EXPORTS_ATTR, {}))
+    measured[str(number)] = {k: m[k] for k in ("measured_latency_ms", "predicted_today_ms", "speed_factor", "error",
+                                               "measured_at")}
+    opened.set_user_attr(MEASURED_EXPORTS_ATTR, measured)
 
 
 def _write_doc(folder: Path, arch: ArchConfig, provenance: dict[str, Any]) -> None:
@@ -202,6 +276,10 @@ def _write_doc(folder: Path, arch: ArchConfig, provenance: dict[str, Any]) -> No
 
 def _int(value: Any) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path = DEFAULT_TABLES_DIR, *,

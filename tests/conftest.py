@@ -15,8 +15,13 @@ SERIAL_MODULES = {
     "tests/search/test_speed_factor.py",
     "tests/search/test_cluster.py",
 }
-# Tests that start or join the local Ray runtime: one worker runs them one after another.
-RAY_MODULES = {"tests/search/test_ray_search.py"}
+# Modules that share an expensive session fixture or a runtime: one worker runs each group, one test after another
+# (the local Ray runtime; the finished study the export tests read).
+GROUPS = {
+    "tests/search/test_ray_search.py": "ray",
+    "tests/search/test_export.py": "export",
+    "tests/search/test_export_limit.py": "export",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,5 +33,5 @@ def pytest_collection_modifyitems(config, items):
             continue
         if where in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
-        elif where in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif where in GROUPS:
+            item.add_marker(pytest.mark.xdist_group(GROUPS[where]))

@@ -21,7 +21,8 @@ from hilonas.cli._common import (
     tables_option,
 )
 
-RESULT_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "on_front", "flops", "params", "arch_text"]
+RESULT_COLUMNS = ["number", "state", "accuracy", "promoted_accuracy", "latency_ms", "feasible", "on_front", "flops",
+                  "params", "arch_text"]
 
 
 def results(study: str = typer.Argument(..., help=f"study name ({DEFAULT_RUNS_DIR}/<study>/study.db)"),
@@ -101,6 +102,9 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
                        f"(more than {WARN_ERROR:.0%}); check `hilonas latency validate`", err=True)
     elif m:
         typer.echo(f"  not re-measured: {m['reason']}")
+    for p in prov.get("limit", {}).get("passed_over", []):
+        typer.echo(f"  passed over trial {p['trial']}: re-measured {p['measured_latency_ms']:.2f} ms, over "
+                   f"--max-latency-ms {prov['limit']['max_latency_ms']:g}")
     if "onnx" in prov:
         typer.echo(f"  model.onnx: max abs diff vs PyTorch {prov['onnx']['max_abs_diff']:.2e}")
     if "weights" in prov:
@@ -112,7 +116,10 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
 
 def export(study: str = typer.Argument(..., help="study name"),
            trial: Optional[int] = count_option(None, help="export this trial number", minimum=0),
-           max_latency_ms: Optional[float] = number_option(None, help="the most accurate trial at most this slow"),
+           max_latency_ms: Optional[float] = number_option(None, help="the most accurate trial at most this slow, "
+                                                           "held by re-measuring: a trial over it is passed over"),
+           tries: int = count_option(3, help="with --max-latency-ms: how many trials to re-measure before giving up",
+                                     minimum=1),
            min_accuracy: Optional[float] = number_option(None, help="the fastest trial at least this accurate",
                                                          strictly=False, maximum=1.0),
            knee: bool = typer.Option(False, "--knee", help="the front's knee: the best accuracy/latency trade-off"),
@@ -135,8 +142,8 @@ def export(study: str = typer.Argument(..., help="study name"),
 
     row, target, prov = export_from_study(study, out, storage=storage, runs_dir=runs, trial=trial,
                                           max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, knee=knee,
-                                          weights=weights, onnx=onnx, measure=not no_measure, probe=not no_probe,
-                                          epochs=epochs, force=force, tables_dir=tables)
+                                          tries=tries, weights=weights, onnx=onnx, measure=not no_measure,
+                                          probe=not no_probe, epochs=epochs, force=force, tables_dir=tables)
     if as_json:
         echo_json({"out": str(target), **prov})
         return
