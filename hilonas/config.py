@@ -9,9 +9,16 @@ Per-stage fields (one entry per stage):
     num_heads    attention heads (ignored where the mixer is 'none')
     mlp_ratios   ConvFFN hidden width = round(dim * ratio)
     mixers       a name of the mixer registry (:mod:`hilonas.mixers`): 'none' (ConvFFN-only blocks, LITv2
-                 stages 0-1), 'hilo', 'msa', 'sra', 'window'
+                 stages 0-1), 'hilo', 'msa', 'sra', 'window', 'hat' and 'conv' (FasterViT's blocks), 'cga'
+                 (EfficientViT's block)
     alphas       in [0, 1]; what it means (HiLo: share of Lo-Fi heads) is the mixer's registry row
     window_sizes >= 1; what it means (HiLo window, SRA reduction ratio, ...) is the mixer's registry row
+
+Global fields include ``stem`` (how the image becomes tokens: 'patch', LITv2's conv k = s = patch + LayerNorm;
+'fastervit' and 'efficientvit', their stride-2 3x3 conv stems, for a patch_size that is a power of two) and ``merge``
+(between stages: 'conv' / 'dtm', LITv2's; 'fastervit', LayerNorm + 3x3 stride-2 conv; 'efficientvit', its
+subsampling block). ``stem`` is written to dicts and files only when it is not 'patch', so every config written
+before it existed reads and writes unchanged.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from hilonas import mixers as _mixers
 from hilonas.errors import ConfigError
 from hilonas.mixers import MIXERS, lofi_heads  # noqa: F401  (re-exported: the registry is the one mixer list)
 
-MERGES = ("conv", "dtm")
+MERGES = ("conv", "dtm", "fastervit", "efficientvit")
+STEMS = ("patch", "fastervit", "efficientvit")
 STAGE_FIELDS = ("depth", "dim", "heads", "mlp_ratio", "mixer", "alpha", "window")
 
 
@@ -42,7 +50,8 @@ def check_stage_mapping(i: int, st: Any) -> None:
         if key not in st:
             raise ConfigError(f"stages[{i}].{key} is missing: every stage needs depth and dim")
 _PER_STAGE = ("depths", "embed_dims", "num_heads", "mlp_ratios", "mixers", "alphas", "window_sizes")
-GLOBAL_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "merge", "qkv_bias", "drop_path_rate", "pad")
+GLOBAL_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "merge", "qkv_bias", "drop_path_rate", "pad",
+                 "stem")
 # The largest value of each field hilonas builds: far beyond any real network, so a slip (an extra zero, a pasted
 # seed) is one line naming the field instead of an out-of-memory crash or an integer overflow inside torch.
 LIMITS: dict[str, float] = {"img_size": 8192, "patch_size": 1024, "in_chans": 1024, "num_classes": 1_000_000,
@@ -92,6 +101,7 @@ class ArchConfig:
     qkv_bias: bool = True
     drop_path_rate: float = 0.0
     pad: bool = True
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples and numbers to their types so equal configs compare and hash equal.
@@ -169,6 +179,17 @@ class ArchConfig:
                 raise ConfigError(too_big)
         if self.merge not in MERGES:
             raise ConfigError(f"merge={self.merge!r} is unknown: use one of {', '.join(MERGES)}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem={self.stem!r} is unknown: use one of {', '.join(STEMS)}")
+        if self.stem != "patch":
+            p = self.patch_size
+            if p < 2 or p & (p - 1):
+                raise ConfigError(f"patch_size={p} does not suit stem={self.stem!r}, a chain of stride-2 convs: use a "
+                                  "power of two (4 or 16), or stem: patch")
+            steps = p.bit_length() - 1
+            if self.stem == "efficientvit" and self.embed_dims and self.embed_dims[0] % 2 ** (steps - 1):
+                raise ConfigError(f"stages[0].dim={self.embed_dims[0]} must be divisible by {2 ** (steps - 1)} for "
+                                  f"stem='efficientvit' with patch_size={p} (its widths halve toward the image)")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
         for i, ((h, w), s) in enumerate(zip(self.stage_resolutions(), self.stages())):
@@ -231,7 +252,8 @@ class ArchConfig:
         """Plain, YAML-friendly dict: ``{'stages': [{depth, dim, ...}, ...], 'img_size': ..., ...}``."""
         out: dict[str, Any] = {"stages": [dict(s._asdict()) for s in self.stages()]}
         for name in GLOBAL_FIELDS:
-            out[name] = getattr(self, name)
+            if name != "stem" or self.stem != "patch":  # the default stem is left out: older files stay unchanged
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -301,7 +323,8 @@ class ArchConfig:
             if s.mlp_ratio != 4:
                 p += f" r{s.mlp_ratio:g}"
             parts.append(p)
-        return "[" + " | ".join(parts) + f"] @{self.img_size}"
+        extra = f" stem {self.stem}" if self.stem != "patch" else ""
+        return "[" + " | ".join(parts) + f"] @{self.img_size}" + extra
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -328,10 +351,31 @@ def _litv2(dim: int, depths: tuple[int, ...], heads: tuple[int, ...], drop_path:
                       window_sizes=(2, 2, 2, 1), drop_path_rate=drop_path)
 
 
+def _fastervit(dim: int, depths: tuple[int, ...], heads: tuple[int, ...], drop_path: float) -> ArchConfig:
+    """FasterViT (REFERENCE.md section 4): conv stem, conv blocks in stages 0-1, HAT (window 7, 2 x 2 carrier tokens
+    per window) in stage 2, local windows in stage 3 (its map is one window), LayerNorm + 3x3 stride-2 downsampling."""
+    return ArchConfig(depths=depths, embed_dims=(dim, 2 * dim, 4 * dim, 8 * dim), num_heads=(1, 1, *heads[2:]),
+                      mlp_ratios=(1.0, 1.0, 4.0, 4.0), mixers=("conv", "conv", "hat", "hat"),
+                      alphas=(0.0, 0.0, 2 / 7, 0.0), window_sizes=(1, 1, 7, 7), stem="fastervit", merge="fastervit",
+                      drop_path_rate=drop_path)
+
+
+def _efficientvit(dims: tuple[int, ...], depths: tuple[int, ...], heads: tuple[int, ...]) -> ArchConfig:
+    """EfficientViT-MSRA (REFERENCE.md section 4): 4-conv stem to 1/16, sandwich blocks with cascaded group attention
+    in 7 x 7 windows (key_dim 16, FFN 2x), its subsampling blocks between stages."""
+    return ArchConfig(depths=depths, embed_dims=dims, num_heads=heads, mlp_ratios=(2.0,) * 3, mixers=("cga",) * 3,
+                      alphas=(0.0,) * 3, window_sizes=(7,) * 3, patch_size=16, stem="efficientvit",
+                      merge="efficientvit")
+
+
 VARIANTS: dict[str, ArchConfig] = {
     "litv2_s": _litv2(96, (2, 2, 6, 2), (3, 6, 12, 24), 0.2),
     "litv2_m": _litv2(96, (2, 2, 18, 2), (3, 6, 12, 24), 0.3),
     "litv2_b": _litv2(128, (2, 2, 18, 2), (4, 8, 16, 32), 0.5),
+    # The other seed systems, as data in the same family (their published macro architectures).
+    "fastervit_0": _fastervit(64, (2, 3, 6, 5), (2, 4, 8, 16), 0.2),
+    "efficientvit_m0": _efficientvit((64, 128, 192), (1, 2, 3), (4, 4, 4)),
+    "efficientvit_m5": _efficientvit((192, 288, 384), (1, 3, 4), (3, 3, 4)),
 }
 
 

@@ -6,7 +6,9 @@ candidates and the CLI's help text. The layer class that computes a mixer is the
 ``hilonas.layers.MIXER_CLASSES`` maps the same name to a class with ``from_fields(...)`` and ``flops(H, W)``.
 
 Adding a mixer = one layer class (in ``hilonas/layers``, registered in ``MIXER_CLASSES``) + one row here + its
-reference test. The contract test (``tests/layers/test_mixer_contract.py``) runs over every row.
+reference test. The contract test (``tests/layers/test_mixer_contract.py``) runs over every row. A row with
+``block=True`` names a class that is the whole block (its own norms, FFN and residuals, as FasterViT's and
+EfficientViT's blocks are); the network then builds that class in place of the pre-norm block.
 
 Fields a mixer ignores are normalised by :func:`canonical_fields`, so two configs that build the same network
 compare equal and produce the same block keys.
@@ -17,12 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["MixerSpec", "MIXERS", "get", "canonical_fields", "split_of", "alpha_for_split", "lofi_heads",
-           "describe_mixers", "attention_mixers"]
+           "describe_mixers", "attention_mixers", "block_mixers", "carrier_size"]
 
 
 def lofi_heads(heads: int, alpha: float, window: int) -> int:
     """Lo-Fi head count of HiLo, exactly as the reference: ``int(heads * alpha)``, all heads when window == 1."""
     return heads if window == 1 else int(heads * alpha)
+
+
+def carrier_size(heads: int, alpha: float, window: int) -> int:
+    """HAT's carrier tokens per window side: ``int(alpha * window + 0.5)`` (0 = local windows only); the layer's own
+    ``hilonas.layers.hat.carrier_size`` is the same formula."""
+    return int(alpha * window + 0.5)
+
+
+def _hat_alpha_for(heads: int, carriers: int, window: int) -> float:
+    """An alpha for which ``carrier_size(heads, alpha, window) == carriers``."""
+    return carriers / window
 
 
 def _hilo_alpha_for(heads: int, lofi: int, window: int) -> float:
@@ -49,6 +62,9 @@ class MixerSpec:
             kept in the block key's ``lofi`` field (HiLo: the Lo-Fi head count); None when alpha is not in the key.
         alpha_for_split: the inverse of ``split``: an alpha that gives that split (used to build a keyed block).
         alpha_at_window_1: the alpha that ``window == 1`` implies (HiLo: 1.0, every head Lo-Fi), or None.
+        block: the layer class is the whole block (its own norms, FFN and residuals); its ``from_fields`` also takes
+            ``hidden`` (the stage's FFN width) and ``drop_path``. False: the class is a mixer inside hilonas'
+            pre-norm block (norm1, mixer, norm2, ConvFFN).
     """
 
     name: str
@@ -62,6 +78,7 @@ class MixerSpec:
     split: Callable[[int, float, int], int] | None = None
     alpha_for_split: Callable[[int, int, int], float] | None = None
     alpha_at_window_1: float | None = None
+    block: bool = False
 
     def uses_alpha(self, window: int) -> bool:
         """Whether ``alpha`` changes this mixer's network at this ``window``."""
@@ -79,6 +96,15 @@ MIXERS: dict[str, MixerSpec] = {spec.name: spec for spec in (
               window="spatial reduction ratio", window_within_map=True, default_window=2),
     MixerSpec("window", "local window attention (Swin W-MSA without shift)", window="window size", tiles=True,
               default_window=7),
+    MixerSpec("hat", "FasterViT's hierarchical attention block: carrier tokens attend globally, then windows attend "
+              "over [their carrier tokens; their tokens]; plain MLP", alpha="carrier tokens per window side as a "
+              "share of the window (int(alpha * window + 0.5); 0 = windows only)", window="attention window",
+              tiles=True, default_window=7, split=carrier_size, alpha_for_split=_hat_alpha_for, block=True),
+    MixerSpec("cga", "EfficientViT's block: depthwise conv, FFN, cascaded group attention in windows, depthwise "
+              "conv, FFN (BatchNorm, ReLU FFN of width dim * mlp_ratio)", window="attention window", tiles=True,
+              default_window=7, block=True),
+    MixerSpec("conv", "FasterViT's conv block: 3x3 conv, BN, GELU, 3x3 conv, BN, residual (no attention; width "
+              "dim * mlp_ratio inside)", attention=False, block=True),
 )}
 
 
@@ -90,9 +116,15 @@ def get(name: str) -> MixerSpec:
         raise KeyError(f"unknown mixer {name!r}; known: {', '.join(MIXERS)}") from None
 
 
+def block_mixers() -> list[str]:
+    """Names of the rows whose layer class is the whole block, in registry order."""
+    return [name for name, spec in MIXERS.items() if spec.block]
+
+
 def attention_mixers() -> list[str]:
-    """Names of the mixers that attend (every row but the ConvFFN-only one), in registry order."""
-    return [name for name, spec in MIXERS.items() if spec.attention]
+    """Names of the mixers that attend inside hilonas' pre-norm block, in registry order: the layers the attention
+    bench compares one for one (the whole-block rows, which carry their own FFN, are :func:`block_mixers`)."""
+    return [name for name, spec in MIXERS.items() if spec.attention and not spec.block]
 
 
 def canonical_fields(mixer: str, heads: int, alpha: float, window: int) -> tuple[int, float, int]:

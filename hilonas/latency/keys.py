@@ -21,7 +21,8 @@ KINDS = ("stem", "block", "merge", "head")
 class BlockKey:
     """One measurable block. Fields a kind does not use are 0 / '' so equal blocks get equal keys.
 
-    stem:  in_chans=in_chans, dim=embed dim, patch=patch size, h/w = image size
+    stem:  in_chans=in_chans, dim=embed dim, patch=patch size, h/w = image size, mixer=stem kind ('' for the
+           default patch stem, so its keys are unchanged)
     block: dim, hidden (ConvFFN width), mixer, h/w = token map, and what the mixer's registry row keys
            (:mod:`hilonas.mixers`): heads and qkv_bias for attention, lofi = the row's ``split`` of alpha (HiLo:
            Lo-Fi heads), window when the row uses it
@@ -47,7 +48,8 @@ class BlockKey:
         """Stable, readable text id (the key used in table files)."""
         k = self.kind
         if k == "stem":
-            return f"stem:c{self.in_chans}:d{self.dim}:p{self.patch}:{self.h}x{self.w}"
+            kind = f"{self.mixer}:" if self.mixer else ""
+            return f"stem:{kind}c{self.in_chans}:d{self.dim}:p{self.patch}:{self.h}x{self.w}"
         if k == "merge":
             return f"merge:{self.mixer}:c{self.in_chans}:d{self.dim}:{self.h}x{self.w}"
         if k == "head":
@@ -74,7 +76,8 @@ class BlockKey:
 
 
 def stem_key(arch: ArchConfig, dim: int) -> BlockKey:
-    return BlockKey("stem", dim, arch.img_size, arch.img_size, in_chans=arch.in_chans, patch=arch.patch_size)
+    return BlockKey("stem", dim, arch.img_size, arch.img_size, in_chans=arch.in_chans, patch=arch.patch_size,
+                    mixer="" if arch.stem == "patch" else arch.stem)
 
 
 def block_key(stage: Stage, hidden: int, h: int, w: int, qkv_bias: bool) -> BlockKey:

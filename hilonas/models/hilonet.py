@@ -7,6 +7,10 @@ Layout and state-dict names follow the reference classification model (REFERENCE
 attention and attention blocks (``norm1``, ``attn``, ``norm2``, ``mlp``) elsewhere; ``layers.i.downsample`` merging to
 the next stage's width (a strided 2x2 conv + BatchNorm + GELU, the at-init equivalent of the deformable token merging,
 or the deformable merging itself with ``merge: dtm``); ``norm`` then token average then ``head``.
+
+The same skeleton carries the other seed systems: ``stem`` and ``merge`` pick FasterViT's or EfficientViT's conv stem
+and downsampling (:func:`hilonas.layers.make_stem` / ``make_merge``), and a mixer whose registry row is a whole block
+(``hat``, ``cga``, ``conv``) is built in place of the pre-norm block (:func:`make_block`).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import torch
 from torch import nn
 
 from hilonas.config import ArchConfig, Stage
-from hilonas.layers import ConvFFN, Merge, PatchEmbed, build_mixer
+from hilonas.layers import MIXER_CLASSES, ConvFFN, build_mixer, make_merge, make_stem
 from hilonas.mixers import MIXERS
 
 
@@ -82,7 +86,12 @@ class Block(nn.Module):
 
 def make_block(stage: Stage, hidden: int, qkv_bias: bool, drop_path: float = 0.0, fused: bool = True) -> nn.Module:
     """One block of a stage: the single place that maps a stage's fields to a module."""
-    if not MIXERS[stage.mixer].attention:
+    spec = MIXERS[stage.mixer]
+    if spec.block:  # the layer class is the whole block (FasterViT's, EfficientViT's)
+        return MIXER_CLASSES[stage.mixer].from_fields(stage.dim, stage.heads, qkv_bias=qkv_bias, alpha=stage.alpha,
+                                                      window=stage.window, fused=fused, hidden=hidden,
+                                                      drop_path=drop_path)
+    if not spec.attention:
         return ConvFFNBlock(stage.dim, hidden, drop_path)
     return Block(stage.dim, stage.heads, hidden, stage.mixer, stage.alpha, stage.window, qkv_bias, drop_path, fused)
 
@@ -112,15 +121,16 @@ class HiLoNet(nn.Module):
         self.arch = arch
         self.num_classes = arch.num_classes
         self.num_features = arch.embed_dims[-1]
-        self.patch_embed = PatchEmbed(arch.patch_size, arch.in_chans, arch.embed_dims[0])
+        self.patch_embed = make_stem(arch.stem, arch.patch_size, arch.in_chans, arch.embed_dims[0])
         total = sum(arch.depths)
-        rates = torch.linspace(0, arch.drop_path_rate, total).tolist() if total > 1 else [arch.drop_path_rate] * total
+        rates = (torch.linspace(0, arch.drop_path_rate, total, device="cpu").tolist() if total > 1
+                 else [arch.drop_path_rate] * total)
         layers, k = [], 0
         for i, stage in enumerate(arch.stages()):
             blocks = [make_block(stage, arch.hidden_dim(i), arch.qkv_bias, rates[k + j], fused)
                       for j in range(stage.depth)]
             k += stage.depth
-            down = Merge(stage.dim, arch.embed_dims[i + 1], arch.merge) if i + 1 < arch.num_stages else None
+            down = make_merge(arch.merge, stage.dim, arch.embed_dims[i + 1]) if i + 1 < arch.num_stages else None
             layers.append(BasicLayer(blocks, down))
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(self.num_features)
@@ -132,7 +142,16 @@ class HiLoNet(nn.Module):
         return all(m.fused for m in self._mixers())
 
     def _mixers(self) -> list[nn.Module]:
-        return [blk.attn for layer in self.layers for blk in layer.blocks if isinstance(blk, Block)]
+        """What switches between fused and explicit: each pre-norm block's mixer and each whole block (FasterViT's,
+        EfficientViT's); ConvFFN-only blocks have nothing to switch."""
+        out = []
+        for layer in self.layers:
+            for blk in layer.blocks:
+                if isinstance(blk, Block):
+                    out.append(blk.attn)
+                elif not isinstance(blk, ConvFFNBlock):
+                    out.append(blk)
+        return out
 
     def set_fused(self, fused: bool) -> HiLoNet:
         """Switch every attention layer between the fused (SDPA) and the explicit path."""

@@ -1,7 +1,10 @@
-"""Registration of hilonas models with timm: ``timm.create_model('litv2_s')`` and
+"""Registration of hilonas models with timm: ``timm.create_model('litv2_s')``,
+``timm.create_model('hilonas_fastervit_0')`` (FasterViT-0 and EfficientViT-M0 / M5 rebuilt in hilonas' family get a
+``hilonas_`` prefix, so timm's own ``efficientvit_m0`` and fastervit's ``faster_vit_0_224`` are left alone) and
 ``timm.create_model('hilonas_arch', config='exported.yaml')``.
 
-Nothing is downloaded: ``pretrained=True`` is refused (load weights from a file with ``torch.load(weights_only=True)``).
+Nothing is downloaded: ``pretrained=True`` loads only a local file named by ``pretrained_cfg_overlay=dict(file=PATH)``
+(an official LITv2 checkpoint, :mod:`hilonas.models.pretrained`) and is refused without one.
 """
 from __future__ import annotations
 
@@ -14,12 +17,13 @@ from hilonas.models import HiLoNet, create_model
 
 
 def _build(config: Any, pretrained: bool, kwargs: dict[str, Any]) -> HiLoNet:
-    if pretrained:
-        raise HilonasError("pretrained=True: hilonas downloads nothing; build with pretrained=False and load a "
-                           "state dict from a file (torch.load(path, weights_only=True))")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not overlay.get("file"):
+        raise HilonasError("pretrained=True: hilonas downloads nothing; pass the checkpoint file with "
+                           "pretrained_cfg_overlay=dict(file=PATH), or use hilonas.create_model(name, pretrained=PATH)")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
-    return create_model(config, **kwargs)
+    return create_model(config, pretrained=overlay["file"] if pretrained else None, **kwargs)
 
 
 @register_model
@@ -38,6 +42,30 @@ def litv2_m(pretrained: bool = False, **kwargs: Any) -> HiLoNet:
 def litv2_b(pretrained: bool = False, **kwargs: Any) -> HiLoNet:
     """LITv2-B: C=128, depths 2-2-18-2, heads 4-8-16-32."""
     return _build("litv2_b", pretrained, kwargs)
+
+
+@register_model
+def hilonas_fastervit_0(pretrained: bool = False, **kwargs: Any) -> HiLoNet:
+    """FasterViT-0 in hilonas' family: dims 64-128-256-512, depths 2-3-6-5, conv blocks, then HAT (window 7)."""
+    return _build("fastervit_0", pretrained, kwargs)
+
+
+@register_model
+def hilonas_efficientvit_m0(pretrained: bool = False, **kwargs: Any) -> HiLoNet:
+    """EfficientViT-M0 in hilonas' family: dims 64-128-192, depths 1-2-3, 4 heads of cascaded group attention."""
+    return _build("efficientvit_m0", pretrained, kwargs)
+
+
+@register_model
+def hilonas_efficientvit_m5(pretrained: bool = False, **kwargs: Any) -> HiLoNet:
+    """EfficientViT-M5 in hilonas' family: dims 192-288-384, depths 1-3-4, heads 3-3-4."""
+    return _build("efficientvit_m5", pretrained, kwargs)
+
+
+# The timm name of every named variant of hilonas.config.VARIANTS.
+TIMM_NAMES = {"litv2_s": "litv2_s", "litv2_m": "litv2_m", "litv2_b": "litv2_b",
+              "fastervit_0": "hilonas_fastervit_0", "efficientvit_m0": "hilonas_efficientvit_m0",
+              "efficientvit_m5": "hilonas_efficientvit_m5"}
 
 
 @register_model

@@ -22,7 +22,8 @@ from hilonas.layers import MIXER_CLASSES, build_mixer
 from hilonas.models import HiLoNet
 from hilonas.models.flops import count_flops
 
-ATTENTION = mixers.attention_mixers()
+# Every row with a layer class: the attending mixers and the whole blocks (FasterViT's, EfficientViT's).
+ATTENTION = mixers.attention_mixers() + mixers.block_mixers()
 MAPS = [(4, 4), (5, 7), (3, 1)]  # tiling, odd and non-tiling, a map thinner than any window
 DIM, HEADS = 24, 3
 # fvcore counts normalisation ops; the analytic formulas (the reference convention) do not.
@@ -44,7 +45,7 @@ def _tokens(batch: int, h: int, w: int) -> torch.Tensor:
 
 def test_registry_and_class_map_agree():
     assert set(ATTENTION) == set(MIXER_CLASSES)
-    assert [k for k, s in mixers.MIXERS.items() if not s.attention] == ["none"]
+    assert [k for k, s in mixers.MIXERS.items() if not s.attention and not s.block] == ["none"]
     for name, spec in mixers.MIXERS.items():
         assert spec.name == name and spec.description
         assert (spec.split is None) == (spec.alpha_for_split is None)

@@ -1,4 +1,5 @@
 """The LITv2 model family: every named variant the same way (timm's habit), plus config-built models."""
+import dataclasses
 import subprocess
 import sys
 
@@ -13,9 +14,11 @@ from hilonas.models.flops import count_flops
 
 # Parameter counts from the reference (REFERENCE.md section 2 / issue 2), in millions to 0.01.
 PARAMS = {"litv2_s": (27.82, 27.84), "litv2_m": (48.81, 48.83), "litv2_b": (86.49, 86.52)}
+# The other seed systems' published figures (REFERENCE.md section 4): params, FLOPs at 224.
+PUBLISHED = {"fastervit_0": (31.4e6, 3.3e9), "efficientvit_m0": (2.35e6, 79e6), "efficientvit_m5": (12.4e6, 522e6)}
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sorted(PARAMS))
 def test_variant_param_counts(name):
     conv, dtm = PARAMS[name]
     n_conv = sum(p.numel() for p in create_model(name).parameters())
@@ -24,7 +27,57 @@ def test_variant_param_counts(name):
     assert round(n_dtm / 1e6, 2) == dtm
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_models_params_and_flops(name):
+    """Params within 1% and FLOPs within 3% of the published figures (built on the meta device: no weights made;
+    the analytic count equals fvcore's without norms, as the next test checks)."""
+    params, flops = PUBLISHED[name]
+    with torch.device("meta"):
+        model = create_model(name)
+    assert abs(sum(p.numel() for p in model.parameters()) / params - 1) < 0.01
+    assert abs(model.flops() / flops - 1) < 0.03
+
+
+def _shrunk(name: str, img_size: int = 64) -> ArchConfig:
+    """The named architecture at a quarter of its widths and heads (same stem, merges and blocks), for CPU tests."""
+    arch = VARIANTS[name]
+    return dataclasses.replace(arch, embed_dims=tuple(d // 4 for d in arch.embed_dims),
+                               num_heads=tuple(max(1, h // 2) for h in arch.num_heads), img_size=img_size,
+                               num_classes=7).validate()
+
+
+def test_published_models_small_forward_backward_and_fvcore():
+    """Each family (stem, merges, blocks) shrunk: forward, backward to every parameter, fused == explicit, and the
+    analytic MACs equal fvcore's count (norms excluded). M5 has M0's pieces at other widths, so M0 stands for both."""
+    for name in ("fastervit_0", "efficientvit_m0"):
+        img = 64 if VARIANTS[name].patch_size == 4 else 128  # EfficientViT at 1/16: 8x8, 4x4, 2x2 maps
+        torch.manual_seed(0)
+        model = HiLoNet(_shrunk(name, img))
+        x = torch.randn(2, 3, img, img)
+        out = model(x)
+        assert out.shape == (2, 7) and torch.isfinite(out).all()
+        out.square().mean().backward()
+        no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not no_grad, f"{name}: parameters without a gradient: {no_grad[:5]}"
+        model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), model.set_fused(False)(x), atol=1e-5, rtol=1e-5)
+        report = count_flops(model, x[:1])
+        assert model.flops() == report.total - sum(v for k, v in report.by_operator.items() if "norm" in k), name
+
+
+def test_published_models_timm_names_do_not_shadow():
+    from hilonas.models.timm_registry import TIMM_NAMES
+
+    assert set(TIMM_NAMES) == set(VARIANTS)
+    with torch.device("meta"):
+        for name in PUBLISHED:
+            assert TIMM_NAMES[name].startswith("hilonas_")
+            assert timm.create_model(TIMM_NAMES[name]).arch == VARIANTS[name]
+        assert type(timm.create_model("efficientvit_m0")).__name__ == "EfficientVitMsra"  # timm's own, untouched
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
 def test_variant_forward_backward_reset(name):
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=64, num_classes=7)  # small input keeps CPU time down
@@ -40,7 +93,8 @@ def test_variant_forward_backward_reset(name):
     model.reset_classifier(0)
     assert model(x).shape == (2, model.num_features)
     feats = model.forward_features(x)
-    assert feats.shape == (2, 2 * 2, model.num_features)  # 64 px / 4 / 2 / 2 / 2 -> 2x2 tokens
+    h, w = model.arch.stage_resolutions()[-1]  # LITv2: 64 px / 4 / 2 / 2 / 2 -> 2x2 tokens
+    assert feats.shape == (2, h * w, model.num_features)
     assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
 
 
