@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from hilonas.cli import bench, latency, models, results, search, spaces
+from hilonas.cli import bench, latency, models, prune, results, search, spaces
 from hilonas.errors import HilonasError
 
 __all__ = ["app", "main", "ERROR_EXIT_CODE"]
@@ -31,6 +31,7 @@ app.command()(results.pareto)
 app.command()(results.export)
 app.command()(models.flops)
 app.command()(models.train)
+app.command()(prune.prune)
 app.add_typer(spaces.app, name="space")
 app.add_typer(latency.app, name="latency")
 app.add_typer(bench.app, name="bench")
