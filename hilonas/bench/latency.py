@@ -18,7 +18,8 @@ __all__ = ["run_latency_bench", "format_latency_bench"]
 
 def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads: int = 1, batch: int = 1,
                       resolution: int | None = None, tables_dir: str | Path = DEFAULT_TABLES_DIR, archs: int = 2000,
-                      rounds: int = 5, measure: int = 3, seed: int = 0, force: bool = False) -> dict[str, Any]:
+                      rounds: int = 5, measure: int = 3, seed: int = 0, force: bool = False, dtype: str = "float32",
+                      runtime: str = "eager") -> dict[str, Any]:
     """Time ``predict`` on ``archs`` sampled architectures (``rounds`` passes, cold and cached) and measure
     ``measure`` of them whole; returns figures in microseconds and seconds plus the ratio.
 
@@ -37,7 +38,7 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
 
     sp = SearchSpace.load(space)
     fp = current_fingerprint(target, threads=threads, batch=batch,
-                             resolution=resolution or int(sp.fixed.get("img_size", 224)))
+                             resolution=resolution or int(sp.fixed.get("img_size", 224)), dtype=dtype, backend=runtime)
     sp = sp.at_resolution(fp.resolution)
     table = LatencyTable.open(fp, tables_dir, force=force)
     check_model_code(table, sp.name)

@@ -10,12 +10,14 @@ from hilonas.cli._common import (
     DEFAULT_RESOLUTION,
     batch_option,
     count_option,
+    dtype_option,
     echo_json,
     json_option,
     no_probe_option,
     output_file_option,
     quiet_torch,
     resolution_option,
+    runtime_option,
     seed_option,
     space_option,
     tables_option,
@@ -31,7 +33,8 @@ FIGURES = ("n", "within_5", "within_10", "mape", "p90_ape", "max_ape", "spearman
            "within_5_drift_corrected", "within_10_drift_corrected", "mape_drift_corrected")
 
 
-def fingerprint_for(target: str, threads: int, batch: int, resolution: Optional[int], space: Optional[str] = None):
+def fingerprint_for(target: str, threads: int, batch: int, resolution: Optional[int], space: Optional[str] = None,
+                    dtype: str = "float32", runtime: str = "eager"):
     """(fingerprint, loaded space or None): the resolution defaults to the space's img_size (224 without one)."""
     sp = None
     if space is not None:
@@ -42,7 +45,9 @@ def fingerprint_for(target: str, threads: int, batch: int, resolution: Optional[
         resolution = int(sp.fixed.get("img_size", DEFAULT_RESOLUTION)) if sp is not None else DEFAULT_RESOLUTION
     from hilonas.latency.fingerprint import current_fingerprint
 
-    return current_fingerprint(target, threads=threads, batch=batch, resolution=resolution), sp
+    fp = current_fingerprint(target, threads=threads, batch=batch, resolution=resolution, dtype=dtype,
+                             backend=runtime)
+    return fp, sp
 
 
 def _probe_line(probe: dict[str, Any]) -> str:
@@ -100,6 +105,8 @@ def _echo_matching(matching: list[dict]) -> None:
 
 
 def hardware(target: str = target_option(),
+             dtype: str = dtype_option(),
+             runtime: str = runtime_option(),
              threads: int = threads_option("CPU threads the latency is measured with"),
              batch: int = batch_option(),
              resolution: int = count_option(DEFAULT_RESOLUTION, help="input image side in pixels"),
@@ -109,7 +116,7 @@ def hardware(target: str = target_option(),
     from hilonas.latency.fingerprint import machine_details
 
     quiet_torch()
-    fp, _ = fingerprint_for(target, threads, batch, resolution)
+    fp, _ = fingerprint_for(target, threads, batch, resolution, dtype=dtype, runtime=runtime)
     details = machine_details(target)
     matching, others = _tables_for(fp, tables, details)
     if as_json:
@@ -125,8 +132,7 @@ def hardware(target: str = target_option(),
     typer.echo(f"tables in {tables}/ for this fingerprint: {len(matching) or 'none'}")
     _echo_matching(matching)
     if not matching:
-        typer.echo(f"  build one: hilonas latency build --space SPACE --target {target} --threads {threads} "
-                   f"--batch {batch} --resolution {resolution}")
+        typer.echo(f"  build one: {fp.build_command()}")
     for o in others:
         why = f"differs in {', '.join(o['differs_in'])}" if "differs_in" in o else o["problem"]
         typer.echo(f"  (other: {o['path']}: {why})")
@@ -135,6 +141,8 @@ def hardware(target: str = target_option(),
 @app.command("build")
 def latency_build(space: str = space_option(),
                   target: str = target_option(),
+                  dtype: str = dtype_option(),
+                  runtime: str = runtime_option(),
                   threads: int = threads_option(),
                   batch: int = batch_option(),
                   resolution: Optional[int] = resolution_option(),
@@ -147,7 +155,7 @@ def latency_build(space: str = space_option(),
                   rounds: Optional[int] = count_option(None, help="passes over all blocks (default 20)"),
                   as_json: bool = json_option()) -> None:
     """Measure every block of a space on this machine into its latency table, then fit the calibration."""
-    fp, sp = fingerprint_for(target, threads, batch, resolution, space)
+    fp, sp = fingerprint_for(target, threads, batch, resolution, space, dtype=dtype, runtime=runtime)
     quiet_torch()
     from hilonas.latency.build import build_table
 
@@ -182,6 +190,8 @@ def latency_validate(space: str = space_option(),
                      n: int = count_option(DEFAULT_VALIDATE_N, "--n", help="random networks to measure"),
                      seed: int = seed_option("sampling seed"),
                      target: str = target_option(),
+                     dtype: str = dtype_option(),
+                     runtime: str = runtime_option(),
                      threads: int = threads_option(),
                      batch: int = batch_option(),
                      resolution: Optional[int] = resolution_option(),
@@ -192,7 +202,7 @@ def latency_validate(space: str = space_option(),
                      as_json: bool = json_option("print the figures as one JSON object"),
                      csv: Optional[Path] = output_file_option("write the per-network rows to this CSV")) -> None:
     """Measure N random networks whole and report how far the table's predictions are off."""
-    fp, sp = fingerprint_for(target, threads, batch, resolution, space)
+    fp, sp = fingerprint_for(target, threads, batch, resolution, space, dtype=dtype, runtime=runtime)
     quiet_torch()
     result, loaded = _validate(sp, fp, n, seed, tables, table, force, progress=not as_json, probe=not no_probe)
     if csv:

@@ -86,6 +86,8 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
     m = prov.get("measurement", {})
     typer.echo(f"exported trial {prov['trial']} of {study} to {target}/arch.yaml")
     typer.echo(f"  {row['arch_text']}")
+    if (prov.get("dtype"), prov.get("runtime")) != ("float32", "eager"):
+        typer.echo(f"  target: {prov.get('dtype')} on {prov.get('runtime')}")
     typer.echo(f"  proxy accuracy {prov['proxy_accuracy']:.4f}, predicted latency "
                f"{prov['predicted_latency_ms']:.2f} ms, FLOPs {prov['flops'] / 1e9:.3f} G, "
                f"params {prov['params'] / 1e6:.2f} M")

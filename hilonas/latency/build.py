@@ -98,11 +98,18 @@ def machine_busy(seconds: float = 0.3) -> float | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _model_code_hash() -> str:
-    """Hash of the source that decides what a block computes (layers and model), to tell stale tables apart.
+def _model_code_files() -> dict[str, str]:
+    """Hash of each source file that decides what a block computes (``layers/*.py`` and the model), by file name.
 
     Reads the files without importing them (no torch import)."""
     root = Path(__file__).resolve().parents[1]  # the hilonas package
+    files = sorted((root / "layers").glob("*.py")) + [root / "models" / "hilonet.py"]
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in files}
+
+
+def _model_code_hash() -> str:
+    """One hash of all of :func:`_model_code_files` (what tables recorded before the per-file hashes)."""
+    root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for f in sorted((root / "layers").glob("*.py")) + [root / "models" / "hilonet.py"]:
         h.update(f.name.encode())
@@ -110,19 +117,34 @@ def _model_code_hash() -> str:
     return h.hexdigest()[:12]
 
 
+def _stale_files(settings: dict[str, Any]) -> list[str] | None:
+    """The source files changed since the table was measured ([] when none), or None when that cannot be told
+    file by file. A file added since (a new mixer's layer) does not make a table stale: its blocks are new keys."""
+    stored = settings.get("model_code_files")
+    if not isinstance(stored, dict):
+        return None
+    now = _model_code_files()
+    return sorted(name for name, digest in stored.items() if now.get(name) != digest)
+
+
 def check_model_code(table: LatencyTable, space: str | None = None, *, warn: bool = True) -> str | None:
     """The warning for a table measured with other layer/model code than the installed one, or None.
 
-    Compares the table's ``settings['model_code']`` with the installed code's hash (tables without one are not
-    flagged: they predate the hash). With ``warn`` the line is printed to stderr, so every command that opens a
-    table for use (search, validate, export's re-measurement, bench latency, landmarks) flags a stale one.
+    Compares the hashes the table recorded (``settings['model_code_files']``, per source file; older tables: one
+    ``settings['model_code']``) with the installed code's (tables with neither are not flagged: they predate the
+    hash). With ``warn`` the line is printed to stderr, so every command that opens a table for use (search,
+    validate, export's re-measurement, bench latency, landmarks) flags a stale one.
     """
     stored = table.settings.get("model_code")
     if not table.entries or stored in (None, _model_code_hash()):
         return None
+    changed = _stale_files(table.settings)
+    if changed == []:
+        return None
+    what = f"changed since: {', '.join(changed)}" if changed else f"model_code {stored}, installed {_model_code_hash()}"
     message = (f"warning: latency table {table.path} was measured with other layer/model code than this hilonas has "
-               f"(model_code {stored}, installed {_model_code_hash()}): its latencies may be wrong; delete it and "
-               f"rebuild with `hilonas latency build --space {space or 'SPACE'}`")
+               f"({what}): its latencies may be wrong; delete it and "
+               f"rebuild with `{table.fingerprint.build_command(space or 'SPACE')}`")
     if warn:
         print(message, file=sys.stderr)
     return message
@@ -217,7 +239,8 @@ def _record_settings(table: LatencyTable, merged: dict[str, Any]) -> None:
     """Write the build's settings (and what code and allocator measured) into the table when they changed."""
     from hilonas.latency.measure import steady_allocator
 
-    extra = {"model_code": _model_code_hash(), "allocator": steady_allocator()}
+    extra = {"model_code": _model_code_hash(), "model_code_files": _model_code_files(),
+             "allocator": steady_allocator()}
     if any(table.settings.get(k) != v for k, v in {**merged, **extra}.items()):
         table.set_settings({**table.settings, **merged, **extra})
 

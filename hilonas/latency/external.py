@@ -1,7 +1,8 @@
 """Measure an exported model the way a user runs it: a fresh Python process that builds it from its files.
 
-``python -m hilonas.latency.external ARCH_YAML --threads T --batch B --settings JSON`` builds the network with
-``hilonas.create_model(ARCH_YAML)`` (the exported file, exactly what a user loads), times it with the table's protocol
+``python -m hilonas.latency.external ARCH_YAML --threads T --batch B --dtype D --runtime R --settings JSON`` builds the
+network with ``hilonas.create_model(ARCH_YAML)`` (the exported file, exactly what a user loads) in the target's dtype
+and runtime (an onnxruntime session is built from that model), times it with the table's protocol
 (:mod:`hilonas.latency.timing`: warm-up, ``rounds`` passes of ``repeats`` calls, the table's statistic) and prints one
 JSON object. Unlike the table's own measuring process it sets nothing on the allocator: the environment it is started
 with is the whole serving setup, so the figure is what a plain process under that environment sees.
@@ -35,10 +36,12 @@ def serving_env_line() -> str:
 
 
 def measure_in_subprocess(arch_yaml: str | Path, *, threads: int, batch: int, settings: dict[str, Any],
-                          statistic: str, device: str = "cpu", env: dict[str, str] | None = None) -> dict[str, Any]:
+                          statistic: str, device: str = "cpu", dtype: str = "float32", runtime: str = "eager",
+                          env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run this module in a fresh interpreter under ``env`` (default :data:`SERVING_ENV`) and return its figures."""
     cmd = [sys.executable, "-m", "hilonas.latency.external", str(arch_yaml), "--threads", str(threads),
-           "--batch", str(batch), "--statistic", statistic, "--device", device, "--settings", json.dumps(settings)]
+           "--batch", str(batch), "--statistic", statistic, "--device", device, "--dtype", dtype,
+           "--runtime", runtime, "--settings", json.dumps(settings)]
     full_env = {**os.environ, **(SERVING_ENV if env is None else env)}
     full_env.pop("PYTHONSTARTUP", None)
     try:
@@ -52,20 +55,23 @@ def measure_in_subprocess(arch_yaml: str | Path, *, threads: int, batch: int, se
 
 
 def _measure(path: str, threads: int, batch: int, settings: dict[str, Any], statistic: str,
-             device: str) -> dict[str, Any]:
+             device: str, dtype: str = "float32", runtime: str = "eager") -> dict[str, Any]:
     import torch
 
     import hilonas
     from hilonas.latency.measure import HARNESS_KEYS, figure_ms
+    from hilonas.latency.runtime import runner, uses_fused
     from hilonas.latency.timing import time_rounds
 
     torch.manual_seed(0)
-    model = hilonas.create_model(path).eval().to(device)
+    model = hilonas.create_model(path).eval().to(device=device, dtype=getattr(torch, dtype))
+    model.set_fused(uses_fused(runtime))
     arch = model.arch
     x = torch.randn(batch, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(1))
-    x = x.to(device)
+    x = x.to(device, getattr(torch, dtype))
     keys = (*HARNESS_KEYS, "rounds")  # the table's settings that time_rounds takes (chain applies to blocks only)
-    (timing,) = time_rounds([lambda: model(x)], threads=threads if device == "cpu" else None, device=device,
+    run = runner(model, (x,), runtime, threads=threads, device=device)
+    (timing,) = time_rounds([run], threads=threads if device == "cpu" else None, device=device,
                             **{k: settings[k] for k in keys if k in settings})
     return {"measured_latency_ms": figure_ms(timing, statistic), "statistic": statistic, "median_ms": timing.median_ms,
             "min_ms": timing.min_ms, "spread": timing.spread, "runs": timing.runs, "noisy": timing.noisy,
@@ -79,10 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--statistic", default="min", choices=("min", "median"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--runtime", default="eager", choices=("eager", "onnxruntime"))
     parser.add_argument("--settings", default="{}", help="the table's measurement settings, as JSON")
     args = parser.parse_args(argv)
     print(json.dumps(_measure(args.arch_yaml, args.threads, args.batch, json.loads(args.settings), args.statistic,
-                              args.device)))
+                              args.device, args.dtype, args.runtime)))
 
 
 if __name__ == "__main__":

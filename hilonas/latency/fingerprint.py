@@ -22,12 +22,13 @@ from typing import Any
 
 from hilonas.errors import HilonasError
 
-__all__ = ["Fingerprint", "current_fingerprint", "cpu_model_name", "machine_details", "details_diff", "TARGETS",
-           "BACKENDS", "DTYPES"]
+__all__ = ["Fingerprint", "current_fingerprint", "current_like", "torch_dtype", "cpu_model_name", "machine_details",
+           "details_diff", "TARGETS", "BACKENDS", "DTYPES"]
 
 TARGETS = ("cpu", "cuda")
-BACKENDS = ("eager",)  # room for 'compiled' / 'onnxruntime'
-DTYPES = ("float32",)
+BACKENDS = ("eager", "onnxruntime")  # how the network runs: the target's runtime (``--runtime``)
+DTYPES = ("float32", "bfloat16", "float16")  # float16: CUDA only
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU instructions that run bfloat16 natively (else it is emulated)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Fingerprint:
         logical_cores: logical cores this process may use (CPU affinity), on the host.
         threads: torch intra-op threads used for timing (CPU); 0 on CUDA, where it does not apply.
         torch_version: ``torch.__version__``.
-        backend: how the network runs ('eager').
+        backend: the runtime the network runs in ('eager' PyTorch or 'onnxruntime'; ``--runtime``).
         dtype: parameter and input dtype ('float32').
         batch: images per forward.
         resolution: input image side in pixels.
@@ -94,6 +95,14 @@ class Fingerprint:
         """``'threads: 1 != 2, batch: 1 != 8'`` (self's value first)."""
         return ", ".join(f"{n}: {getattr(self, n)!r} != {getattr(other, n)!r}" for n in self.diff(other))
 
+    def build_command(self, space: str = "SPACE") -> str:
+        """The ``hilonas latency build`` line that makes this fingerprint's table for ``space``."""
+        threads = f" --threads {self.threads}" if self.device_kind == "cpu" else ""
+        dtype = f" --dtype {self.dtype}" if self.dtype != "float32" else ""
+        runtime = f" --runtime {self.backend}" if self.backend != "eager" else ""
+        return (f"hilonas latency build --space {space} --target {self.device_kind}{threads} --batch {self.batch} "
+                f"--resolution {self.resolution}{dtype}{runtime}")
+
     def describe(self) -> str:
         dev = self.device_name + (f" (sm {self.capability})" if self.capability else "")
         threads = f", {self.threads} thread(s)" if self.device_kind == "cpu" else ""
@@ -142,9 +151,14 @@ def current_fingerprint(target: str = "cpu", *, threads: int = 1, batch: int = 1
     if target not in TARGETS:
         raise HilonasError(f"--target={target!r} is unknown: use one of {', '.join(TARGETS)}")
     if backend not in BACKENDS:
-        raise HilonasError(f"--backend={backend!r} is not supported yet: use one of {', '.join(BACKENDS)}")
+        raise HilonasError(f"--runtime={backend!r} is not supported: use one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
-        raise HilonasError(f"--dtype={dtype!r} is not supported yet: use one of {', '.join(DTYPES)}")
+        raise HilonasError(f"--dtype={dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+    if dtype == "float16" and target != "cuda":
+        raise HilonasError("--dtype=float16 runs on CUDA only (CPU float16 kernels are emulated): use --dtype "
+                           "bfloat16 on a CPU")
+    if backend == "onnxruntime":
+        _check_onnxruntime(target, dtype)
     for name, value in (("threads", threads), ("batch", batch), ("resolution", resolution)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise HilonasError(f"--{name}={value!r} must be a positive integer")
@@ -159,9 +173,56 @@ def current_fingerprint(target: str = "cpu", *, threads: int = 1, batch: int = 1
         name, capability, threads = torch.cuda.get_device_name(idx), f"{major}.{minor}", 0
     else:
         name, capability = cpu_model_name(), ""
+        if dtype == "bfloat16":
+            _warn_without_bf16()
     return Fingerprint(device_kind=target, device_name=name, capability=capability, logical_cores=_logical_cores(),
                        threads=threads, torch_version=str(torch.__version__), backend=backend, dtype=dtype,
                        batch=batch, resolution=resolution)
+
+
+def _check_onnxruntime(target: str, dtype: str) -> None:
+    """Refuse, in one line naming the field, an onnxruntime target this installation cannot run."""
+    if dtype != "float32":
+        raise HilonasError(f"--runtime=onnxruntime with --dtype={dtype}: onnxruntime's CPU kernels cover float32 only "
+                           "here; use --dtype float32 with onnxruntime, or --runtime eager for bfloat16")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise HilonasError("--runtime=onnxruntime: the onnxruntime package is not installed in this environment: "
+                           "pip install onnxruntime") from None
+    if target == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise HilonasError("--runtime=onnxruntime --target=cuda: this onnxruntime has no CUDA execution provider; "
+                           "install onnxruntime-gpu, or measure with --runtime eager")
+
+
+def current_like(fp: Fingerprint) -> Fingerprint:
+    """This machine's fingerprint with ``fp``'s settings (target kind, threads, dtype, backend, batch, resolution):
+    equal to ``fp`` exactly when this machine is ``fp``'s target."""
+    return current_fingerprint(fp.device_kind, threads=max(fp.threads, 1), batch=fp.batch, resolution=fp.resolution,
+                               dtype=fp.dtype, backend=fp.backend)
+
+
+def torch_dtype(fp: Fingerprint) -> Any:
+    """The torch dtype of ``fp``'s parameters and inputs."""
+    import torch
+
+    return getattr(torch, fp.dtype)
+
+
+_WARNED_BF16 = False
+
+
+def _warn_without_bf16() -> None:
+    """One stderr line when this CPU has no bfloat16 instructions: it still works, emulated and slow."""
+    global _WARNED_BF16
+    flags = set(_cpuinfo_facts().get("cpu_flags", ()))
+    if _WARNED_BF16 or not flags or flags & set(BF16_FLAGS):
+        return
+    _WARNED_BF16 = True
+    import sys
+
+    print(f"warning: this CPU shows none of {', '.join(BF16_FLAGS)}: bfloat16 runs emulated, usually slower than "
+          "float32; the table measures what it gets", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------ machine details

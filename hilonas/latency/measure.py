@@ -3,7 +3,9 @@
 ``block_module(key)`` builds exactly the module the network runs for a :class:`BlockKey` (``make_block`` for blocks,
 ``PatchEmbed`` for the stem, ``Merge`` between stages, final LayerNorm + token mean + Linear for the head) with the
 inputs it receives there. ``measure_block(s)`` and ``measure_arch(s)`` time them under a :class:`Fingerprint`'s
-settings (device, threads, batch, image size) with one protocol, so table entries and whole networks compare:
+settings (device, threads, dtype, runtime, batch, image size) with one protocol, so table entries and whole networks
+compare. Modules and inputs are in the target's dtype; the runtime (:mod:`hilonas.latency.runtime`) is eager PyTorch
+or an onnxruntime session built from the same module.
 
 - the process keeps freed memory (:func:`steady_allocator`). With glibc's defaults every activation above 128 KiB
   is a fresh ``mmap`` whose pages fault in on each call; that cost depends on the heap's history and on the other
@@ -31,8 +33,9 @@ from torch import nn
 
 from hilonas.config import ArchConfig, Stage
 from hilonas.errors import HilonasError
-from hilonas.latency.fingerprint import Fingerprint
+from hilonas.latency.fingerprint import Fingerprint, torch_dtype
 from hilonas.latency.keys import BlockKey
+from hilonas.latency.runtime import runner, uses_fused
 from hilonas.latency.timing import Rebuilt, Timing, round_robin, time_rounds
 
 __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
@@ -104,13 +107,13 @@ def _stage_of(key: BlockKey) -> Stage:
 
 
 def _make_one(key: BlockKey, fused: bool) -> nn.Module:
-    from hilonas.layers import Merge, PatchEmbed
+    from hilonas.layers import make_merge, make_stem
     from hilonas.models import make_block
 
     if key.kind == "stem":
-        return PatchEmbed(key.patch, key.in_chans, key.dim)
+        return make_stem(key.mixer or "patch", key.patch, key.in_chans, key.dim)
     if key.kind == "merge":
-        return Merge(key.in_chans, key.dim, key.mixer)
+        return make_merge(key.mixer, key.in_chans, key.dim)
     if key.kind == "head":
         return Head(key.dim, key.hidden)
     if key.kind == "block":
@@ -119,7 +122,8 @@ def _make_one(key: BlockKey, fused: bool) -> nn.Module:
 
 
 def block_module(key: BlockKey, batch: int = 1, fused: bool = True, *, chain: int = 1,
-                 device: str | torch.device = "cpu") -> tuple[nn.Module, tuple[Any, ...]]:
+                 device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[nn.Module, tuple[Any, ...]]:
     """The module the network runs for ``key`` and the inputs it gets there, in eval mode on ``device``.
 
     Args:
@@ -128,6 +132,7 @@ def block_module(key: BlockKey, batch: int = 1, fused: bool = True, *, chain: in
         fused: attention through ``F.scaled_dot_product_attention`` (the network's default) or explicit.
         chain: for a 'block' key, a :class:`BlockChain` of that many copies (distinct weights); other kinds refuse > 1.
         device: where the module and inputs live.
+        dtype: the parameters' and the float inputs' dtype (the target's).
 
     Returns:
         ``(module, inputs)``: ``module(*inputs)`` is what the network computes there. Stem: image
@@ -142,31 +147,32 @@ def block_module(key: BlockKey, batch: int = 1, fused: bool = True, *, chain: in
     torch.manual_seed(0)
     module = BlockChain([_make_one(key, fused) for _ in range(chain)]) if chain > 1 else _make_one(key, fused)
     module.apply(_init_weights)
-    module = module.to(device).eval()
+    module = module.to(device=device, dtype=dtype).eval()
     g = torch.Generator().manual_seed(1)
     if key.kind == "stem":
-        inputs: tuple[Any, ...] = (torch.randn(batch, key.in_chans, key.h, key.w, generator=g).to(device),)
+        inputs: tuple[Any, ...] = (torch.randn(batch, key.in_chans, key.h, key.w, generator=g).to(device, dtype),)
     elif key.kind == "head":
-        inputs = (torch.randn(batch, key.h * key.w, key.dim, generator=g).to(device),)
+        inputs = (torch.randn(batch, key.h * key.w, key.dim, generator=g).to(device, dtype),)
     else:
         channels = key.in_chans if key.kind == "merge" else key.dim
-        inputs = (torch.randn(batch, key.h * key.w, channels, generator=g).to(device), key.h, key.w)
+        inputs = (torch.randn(batch, key.h * key.w, channels, generator=g).to(device, dtype), key.h, key.w)
     return module, inputs
 
 
 def build_arch_model(arch: ArchConfig, fp: Fingerprint, fused: bool = True) -> tuple[nn.Module, torch.Tensor]:
-    """The network for ``arch`` at ``fp.resolution`` on ``fp``'s device with a ``fp.batch`` input, in eval mode."""
+    """The network for ``arch`` at ``fp.resolution`` on ``fp``'s device and dtype with a ``fp.batch`` input, in eval
+    mode."""
     import dataclasses
 
     from hilonas.models import HiLoNet
 
     if arch.img_size != fp.resolution:
         arch = dataclasses.replace(arch, img_size=fp.resolution).validate()
-    dev = device_of(fp)
+    dev, dtype = device_of(fp), torch_dtype(fp)
     torch.manual_seed(0)
-    model = HiLoNet(arch, fused=fused).to(dev).eval()
+    model = HiLoNet(arch, fused=fused and uses_fused(fp.backend)).to(device=dev, dtype=dtype).eval()
     x = torch.randn(fp.batch, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(1))
-    return model, x.to(dev)
+    return model, x.to(dev, dtype)
 
 
 def device_of(fp: Fingerprint) -> str:
@@ -232,8 +238,9 @@ def measure_blocks(keys: Sequence[BlockKey], fp: Fingerprint, *, fused: bool = T
     fns, chains = [], []
     for key in keys:
         n = s["chain"] if key.kind == "block" else 1
-        module, inputs = block_module(key, batch=fp.batch, fused=fused, chain=n, device=dev)
-        fns.append(lambda m=module, i=inputs: m(*i))
+        module, inputs = block_module(key, batch=fp.batch, fused=fused and uses_fused(fp.backend), chain=n,
+                                      device=dev, dtype=torch_dtype(fp))
+        fns.append(runner(module, inputs, fp.backend, threads=fp.threads, device=dev))
         chains.append(n)
     timings = time_rounds(fns, **_harness(fp, s))
     for t, n in zip(timings, chains):
@@ -261,7 +268,7 @@ def _network_callables(archs: Sequence[ArchConfig], fp: Fingerprint, fused: bool
         keep = kept_bytes + size <= cache_bytes
         if keep:
             kept_bytes += size
-        return (lambda: model(x)), keep
+        return runner(model, (x,), fp.backend, threads=fp.threads, device=device_of(fp)), keep
 
     return [Rebuilt(lambda a=arch: build(a)) for arch in archs]
 

@@ -146,7 +146,7 @@ def _usable_table(table: LatencyTable | None, fp: Fingerprint, tables_dir: str |
         table = LatencyTable.open(fp, tables_dir, force=force)
     if not table.entries:
         raise HilonasError(f"latency table {table.path} has no entries: build it first with "
-                           f"`hilonas latency build --space {space.name}`")
+                           f"`{fp.build_command(space.name)}`")
     return table
 
 

@@ -24,11 +24,10 @@ NOT_MEASURABLE = "not measurable here"
 
 def on_target(settings: dict[str, Any], fingerprint: Fingerprint) -> bool:
     """Whether this machine is the study's target (same fingerprint id); False when it cannot even be asked."""
-    from hilonas.latency.fingerprint import current_fingerprint
+    from hilonas.latency.fingerprint import current_like
 
     try:
-        here = current_fingerprint(settings.get("target") or fingerprint.device_kind, threads=fingerprint.threads,
-                                   batch=fingerprint.batch, resolution=fingerprint.resolution)
+        here = current_like(fingerprint)
     except (HilonasError, RuntimeError):
         return False
     return here.id == fingerprint.id

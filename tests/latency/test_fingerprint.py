@@ -47,7 +47,8 @@ def test_current_cpu_fingerprint():
     ({"target": "tpu"}, "--target='tpu'"),
     ({"threads": 0}, "--threads=0"),
     ({"batch": -1}, "--batch=-1"),
-    ({"dtype": "float16"}, "--dtype='float16'"),
+    ({"dtype": "float16"}, "--dtype=float16 runs on CUDA only"),
+    ({"dtype": "int8"}, "--dtype='int8'"),
 ])
 def test_bad_settings_are_refused(kw, needle):
     target = kw.pop("target", "cpu")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from hilonas.latency.build import _model_code_hash, check_model_code
+from hilonas.latency.build import _model_code_files, _model_code_hash, check_model_code
 from hilonas.latency.keys import BlockKey
 from hilonas.latency.table import LatencyTable
 
@@ -74,3 +74,15 @@ def test_current_or_unrecorded_model_code_is_not_flagged(tmp_path, capsys, setti
         settings = {"model_code": _model_code_hash()}
     assert check_model_code(small_table(tmp_path, **settings)) is None
     assert capsys.readouterr().err == ""
+
+
+def test_only_a_changed_source_file_makes_a_table_stale(tmp_path, capsys):
+    files = _model_code_files()
+    assert "hilonet.py" in files and "attention.py" in files
+    older = {k: v for k, v in files.items() if k != "attention.py"}  # a layer file added since the build
+    fresh = small_table(tmp_path / "a", model_code="000000000000", model_code_files=older)
+    assert check_model_code(fresh) is None and capsys.readouterr().err == ""
+    changed = {**files, "hilonet.py": "000000000000"}
+    stale = small_table(tmp_path / "b", model_code="000000000000", model_code_files=changed)
+    message = check_model_code(stale, "litv2_tiny", warn=False)
+    assert message and "changed since: hilonet.py" in message and "attention.py" not in message
