@@ -119,6 +119,24 @@ def knee_index(latency: list[float], accuracy: list[float]) -> int:
     return max(range(len(dist)), key=lambda i: (dist[i], -i))
 
 
+def _check_out(out_dir: Path, force: bool) -> Path:
+    """Refuse an --out that cannot take the export (see :func:`export_trial`); returns its parent, created."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HilonasError(f"--out {out_dir} is a file: choose a folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise HilonasError(f"--out {out_dir} exists and is not empty: choose a new folder or pass --force")
+        check_replaceable(out_dir)
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HilonasError(f"--out {out_dir}: folder {parent} cannot be created ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise HilonasError(f"--out {out_dir}: folder {parent} is not writable: choose another place")
+    return parent
+
+
 class OverLimit(Exception):
     """The re-measured latency of a trial exceeds the export's limit: nothing was written."""
 
@@ -139,26 +157,15 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
     re-measured latency above it raises :class:`OverLimit` and nothing is written; ``extra`` joins the provenance.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise HilonasError(f"--out {out_dir} is a file: choose a folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise HilonasError(f"--out {out_dir} exists and is not empty: choose a new folder or pass --force")
-        check_replaceable(out_dir)
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise HilonasError(f"--out {out_dir}: folder {parent} cannot be created ({err.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise HilonasError(f"--out {out_dir}: folder {parent} is not writable: choose another place")
-
+    parent = _check_out(out_dir, force)
     arch = ArchConfig.from_dict(row["arch"])
     provenance: dict[str, Any] = {
         "study": row["study"], "trial": int(row["number"]), "hilonas_version": __version__,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "space": settings.get("space"), "target": settings.get("target"),
         "fingerprint_id": settings.get("fingerprint_id"), "fingerprint": settings.get("fingerprint"),
+        "dtype": (settings.get("fingerprint") or {}).get("dtype", "float32"),
+        "runtime": (settings.get("fingerprint") or {}).get("backend", "eager"),
         "predicted_latency_ms": float(row["latency_ms"]), "throughput": float(row["throughput"]),
         "proxy_accuracy": float(row["accuracy"]), "promoted_accuracy": _float(row.get("promoted_accuracy")),
         "flops": _int(row.get("flops")), "params": _int(row.get("params")),
@@ -294,7 +301,7 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     """
     from hilonas.latency.build import check_model_code, measurement_settings
     from hilonas.latency.external import measure_in_subprocess, serving_env_line
-    from hilonas.latency.fingerprint import Fingerprint, current_fingerprint
+    from hilonas.latency.fingerprint import Fingerprint, current_like
     from hilonas.latency.predictor import LatencyPredictor
     from hilonas.latency.probe import probe_speed, warn_factor
     from hilonas.latency.table import LatencyTable
@@ -304,8 +311,7 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
         return {"measured": False, "reason": "the study records no target fingerprint"}
     target = Fingerprint.from_dict(stored)
     try:
-        here = current_fingerprint(settings.get("target", "cpu"), threads=max(target.threads, 1),
-                                   batch=target.batch, resolution=target.resolution)
+        here = current_like(target)
     except HilonasError as err:
         return {"measured": False, "reason": str(err)}
     if here.id != target.id:
@@ -319,7 +325,8 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     base, today = predictor.predict_base(arch), predictor.predict(arch)
     settings = measurement_settings(table)
     m = measure_in_subprocess(arch_yaml, threads=target.threads, batch=target.batch, statistic=settings["statistic"],
-                              device=target.device_kind, settings=settings)
+                              device=target.device_kind, dtype=target.dtype, runtime=target.backend,
+                              settings=settings)
     return {"measured": True, **m, "predicted_base_ms": base, "speed_factor": factor,
             "speed_probe": speed.to_dict() if speed is not None else None, "predicted_today_ms": today,
             "error": m["measured_latency_ms"] / today - 1.0, "environment": serving_env_line(),
@@ -362,17 +369,13 @@ def export_onnx(arch: ArchConfig, path: Path, weights: Path | None = None) -> di
     # The TorchScript exporter mistranslates fused SDPA; the explicit path is the same maths and ONNX Runtime fuses it.
     model.set_fused(False)
     x = torch.randn(1, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(0))
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"image": x.numpy()})[0]
+    from hilonas.latency.runtime import ONNX_OPSET, export_onnx_model, ort_session
+
+    export_onnx_model(model, x, path, input_name="image", output_name="logits", dynamic_batch=True)
+    got = ort_session(path, threads=1).run(None, {"image": x.numpy()})[0]
     with torch.inference_mode():
         want = model(x).numpy()
     diff = float(np.abs(got - want).max())
-    return {"file": path.name, "opset": 17, "max_abs_diff": diff, "onnxruntime": ort.__version__}
+    return {"file": path.name, "opset": ONNX_OPSET, "max_abs_diff": diff, "onnxruntime": ort.__version__}

@@ -20,6 +20,8 @@ def _hover(row: pd.Series) -> str:
     flops = f"{row['flops'] / 1e9:.3f} G" if pd.notna(row.get("flops")) else "-"
     params = f"{row['params'] / 1e6:.2f} M" if pd.notna(row.get("params")) else "-"
     acc = f"{row['accuracy']:.4f}" if pd.notna(row.get("accuracy")) else "-"
+    if pd.notna(row.get("promoted_accuracy")):
+        acc += f" (promoted {row['promoted_accuracy']:.4f})"
     label = row.get("landmark") if isinstance(row.get("landmark"), str) else f"trial {row['number']}"
     error = row.get("latency_error")
     spread = f" ± {error:.1%}" if isinstance(error, (int, float)) and pd.notna(error) and error > 0 else ""
@@ -65,6 +67,7 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
                                      legendgroup=str(study), line={"color": colour, "shape": "hv", "width": 2},
                                      hoverinfo="skip", showlegend=False))
         _measured(fig, part, colour, name, str(study), x)
+        _promoted(fig, part, colour, name, str(study), col)
         limit = part["max_latency_ms"].dropna()
         if not limit.empty:
             value = float(limit.iloc[0])
@@ -82,7 +85,8 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
     fig.update_layout(
         title="Accuracy (proxy) vs " + ("predicted latency" if x == "latency" else "throughput"),
         xaxis_title="predicted latency (ms, batch as measured)" if x == "latency" else "throughput (images/s)",
-        yaxis_title="proxy top-1 accuracy (held-out)", template="plotly_white", hovermode="closest",
+        yaxis_title="top-1 accuracy (held-out): proxy; triangles: promoted (reference budget)",
+        template="plotly_white", hovermode="closest",
         legend={"orientation": "h", "y": -0.2})
     return fig
 
@@ -106,6 +110,29 @@ def _measured(fig: go.Figure, part: pd.DataFrame, colour: str, name: str, group:
         hovertext=[f"<b>trial {r['number']}: measured {r['measured_latency_ms']:.2f} ms</b><br>predicted "
                    f"{r['latency_ms']:.2f} ms ({r['measured_latency_ms'] / r['latency_ms'] - 1:+.1%})"
                    for _, r in done.iterrows()], hoverinfo="text"))
+
+
+def _promoted(fig: go.Figure, part: pd.DataFrame, colour: str, name: str, group: str, col: str) -> None:
+    """Front members trained again at the reference budget: a triangle at the promoted accuracy, joined to the proxy
+    point by a dotted line (same latency: one network, two trainings)."""
+    if "promoted_accuracy" not in part:
+        return
+    done = part[part["promoted_accuracy"].notna()]
+    if done.empty:
+        return
+    xs, ys = [], []
+    for _, r in done.iterrows():
+        xs += [r[col], r[col], None]
+        ys += [r["accuracy"], r["promoted_accuracy"], None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "dash": "dot", "width": 1},
+                             legendgroup=group, hoverinfo="skip", showlegend=False))
+    fig.add_trace(go.Scatter(
+        x=done[col], y=done["promoted_accuracy"], mode="markers", name=f"{name}: promoted (reference budget)",
+        legendgroup=group, marker={"color": colour, "size": 12, "symbol": "triangle-up",
+                                   "line": {"width": 1, "color": "#222"}},
+        hovertext=[f"<b>trial {r['number']}: promoted {r['promoted_accuracy']:.4f}</b><br>proxy "
+                   f"{r['accuracy']:.4f} ({100 * (r['promoted_accuracy'] - r['accuracy']):+.1f} points)<br>"
+                   f"{r.get('arch_text') or ''}" for _, r in done.iterrows()], hoverinfo="text"))
 
 
 def write_html(fig: go.Figure, path: str | Path) -> Path:

@@ -15,8 +15,9 @@ from hilonas.analysis.front import pareto_mask
 from hilonas.errors import HilonasError
 from hilonas.io import atomic_write
 
-COLUMNS = ["study", "target", "number", "state", "accuracy", "latency_ms", "throughput", "feasible", "on_front",
-           "flops", "params", "arch_text", "train_seconds", "duplicate_of", "skipped", "fail_reason", "landmark"]
+COLUMNS = ["study", "target", "number", "state", "accuracy", "promoted_accuracy", "latency_ms", "throughput",
+           "feasible", "on_front", "flops", "params", "arch_text", "train_seconds", "duplicate_of", "skipped",
+           "fail_reason", "landmark"]
 
 
 def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -40,6 +41,7 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "objective": settings.get("objective"), "max_latency_ms": settings.get("max_latency_ms"),
             "fingerprint_id": settings.get("fingerprint_id"), "arch": arch,
             "latency_error": latency_error(r, settings), "measured_latency_ms": r.get("measured_latency_ms"),
+            "promoted_accuracy": r.get("promoted_accuracy"),  # the reference-budget figure (hilonas.search.promote)
         }
         for i, st in enumerate(arch.get("stages", [])):
             for key in ("depth", "dim", "heads", "mixer", "alpha", "window", "mlp_ratio"):

@@ -91,7 +91,7 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
 
 # --------------------------------------------------------------------------------------------------------- bench
 def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, data: str | None = None,
-                    resolution: int = 32, budget: Any = None, reference_factor: float = 10.0,
+                    resolution: int = 32, budget: Any = None, reference_factor: float | None = None,
                     extra_epochs: Sequence[float] = (), reference_seeds: int = 1, val_fraction: float | None = None,
                     workers: int = 1, threads: int = 1,
                     log: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -101,10 +101,11 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         space: a shipped space name or a space YAML.
         n: architectures to sample (>= 3).
         seed: sampling, data split, initialisation and batch order.
-        data: dataset spec (``None`` = the embedded MNIST subset).
+        data: dataset spec (``None`` = the embedded default, cluttered digits).
         resolution: proxy resolution.
         budget: the default proxy budget (``ProxyBudget()`` when None); the reference is ``budget.scaled(factor)``.
-        reference_factor: how much longer the reference trains.
+        reference_factor: how much longer the reference trains (default :data:`hilonas.proxy.train.REFERENCE_FACTOR`,
+            the budget a search's front is promoted to).
         extra_epochs: other training budgets (in epochs) to report beside the default.
         reference_seeds: reference runs per architecture (their mean accuracy is the reference; default 1).
         val_fraction: held-out share of the dataset where it has no split of its own (None: the dataset's default).
@@ -113,9 +114,10 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         log: a JSONL file; records already there (same arch, budgets and seed) are reused, new ones appended.
         progress: called with one line per finished architecture.
     """
-    from hilonas.proxy.train import DEFAULT_BUDGET
+    from hilonas.proxy.train import DEFAULT_BUDGET, REFERENCE_FACTOR
     from hilonas.spaces import SearchSpace
 
+    reference_factor = REFERENCE_FACTOR if reference_factor is None else reference_factor
     _check_args(n, workers, threads, reference_seeds, reference_factor)
     budget = DEFAULT_BUDGET if budget is None else budget
     sp = SearchSpace.load(space)
@@ -241,7 +243,10 @@ def _report(records: list[dict], setup: dict, budget: Any, reference: Any, refer
         "n": len(records), "reference_epochs": ref_epochs, "reference_steps": reference.steps,
         "reference_factor": reference_factor, "default_budget": _budget_dict(budget),
         "reference_seconds_per_arch": ref_secs, "reference_seeds": setup.get("reference_seeds", 1),
-        "reference_seed_agreement": agreement,
+        # Spearman between the reference's own seeds (mean over pairs): the ceiling on any proxy's agreement.
+        "reference_agreement": agreement, "reference_seed_agreement": agreement,
+        # How far apart the architectures are at the reference budget (points): below a few, ranks are noise.
+        "reference_spread": round(100.0 * (max(ref) - min(ref)), 2),
         "reference_accuracy": {"min": min(ref), "max": max(ref), "mean": sum(ref) / len(ref)},
         "proxies": proxies, "failed_trainings": failed, "workers": workers, "threads": threads,
         "wall_seconds": wall,
@@ -265,7 +270,8 @@ def format_proxy_bench(report: dict[str, Any]) -> str:
         if report.get("reference_seed_agreement") is not None:
             ref_line += f" (seed-vs-seed spearman {report['reference_seed_agreement']:.2f})"
     acc = report["reference_accuracy"]
-    ref_line += f", {ref_s:.1f} s/arch, held-out accuracy {acc['min']:.3f}-{acc['max']:.3f}"
+    ref_line += (f", {ref_s:.1f} s/arch, held-out accuracy {acc['min']:.3f}-{acc['max']:.3f} "
+                 f"(spread {report['reference_spread']:.1f} points)")
     lines = [f"proxy fidelity on {report['space']} / {report['data']} at {report['resolution']}px: "
              f"{report['n']} architectures, seed {report['seed']}, {report['workers']} worker(s) x "
              f"{report['threads']} thread(s)",

@@ -20,8 +20,9 @@ from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR
 __all__ = ["DEFAULT_SPACE", "DEFAULT_TARGET", "DEFAULT_TRIALS", "DEFAULT_WORKERS", "DEFAULT_RESOLUTION",
            "DEFAULT_PROXY_RESOLUTION", "DEFAULT_TABLES_DIR", "DEFAULT_RUNS_DIR", "echo_json", "quiet_torch",
            "json_option", "tables_option", "runs_option", "storage_option", "space_option", "target_option",
-           "threads_option", "batch_option", "resolution_option", "data_option", "seed_option", "count_option",
-           "number_option", "output_file_option", "output_folder_option", "SEED_LIMIT", "max_threads"]
+           "dtype_option", "runtime_option", "threads_option", "batch_option", "resolution_option", "data_option",
+           "seed_option", "count_option", "number_option", "output_file_option", "output_folder_option", "SEED_LIMIT",
+           "max_threads"]
 
 DEFAULT_SPACE = "litv2_tiny"  # the CPU-sized shipped space
 DEFAULT_TARGET = "cpu"
@@ -163,6 +164,16 @@ def target_option(help: str = "cpu or cuda") -> Any:
     return typer.Option(DEFAULT_TARGET, help=help)
 
 
+def dtype_option(help: str = "parameters' and inputs' dtype the latency is for: float32, bfloat16 (CPUs with "
+                 "avx512_bf16 or AMX run it natively) or float16 (CUDA only)") -> Any:
+    return typer.Option("float32", help=help)
+
+
+def runtime_option(help: str = "runtime the latency is for: eager (PyTorch) or onnxruntime (each block and network "
+                   "exported to ONNX and run in an InferenceSession; float32)") -> Any:
+    return typer.Option("eager", help=help)
+
+
 def threads_option(help: str = "CPU threads", default: int = 1) -> Any:
     """Threads for torch: from 1 to this machine's CPU count (more only oversubscribes; far more crashes torch)."""
     return typer.Option(min(default, max_threads()), help=help,
@@ -178,8 +189,8 @@ def resolution_option() -> Any:
 
 
 def data_option() -> Any:
-    return typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, digits "
-                        "(default: the embedded MNIST subset)")
+    return typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, mnist (the embedded MNIST-5k), "
+                        "digits, cluttered:CANVAS:PIECES (default: the embedded cluttered digits)")
 
 
 

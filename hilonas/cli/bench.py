@@ -11,12 +11,15 @@ from hilonas.cli._common import (
     DEFAULT_PROXY_RESOLUTION,
     batch_option,
     count_option,
+    data_option,
+    dtype_option,
     echo_json,
     json_option,
     number_option,
     output_file_option,
     quiet_torch,
     resolution_option,
+    runtime_option,
     seed_option,
     space_option,
     tables_option,
@@ -55,14 +58,23 @@ def bench_attention(batch: int = count_option(64, help="images per forward"),
                     repeats: int = count_option(10, help="interleaved timing rounds"),
                     threads: int = threads_option("CPU threads", default=2),
                     device: str = typer.Option("cpu", help="cpu or cuda"),
+                    dtypes: str = typer.Option("float32", help="comma-separated dtypes to time, each with its GEMM "
+                                               "roofline: float32, bfloat16, float16 (CUDA only)"),
                     as_json: bool = json_option()) -> None:
-    """The HiLo paper's single-layer comparison: every mixer, fused and explicit, img/s and ratios to HiLo-fused."""
+    """The HiLo paper's single-layer comparison: every mixer, fused and explicit, in each dtype: img/s, ratios to
+    HiLo-fused and the share of the same run's GEMM throughput (roofline)."""
     quiet_torch()
-    from hilonas.bench.attention import format_attention_bench, run_attention_bench
+    import warnings
 
-    result = run_attention_bench(batch=batch, tokens=tokens, dim=dim, heads=heads, alpha=alpha,
-                                 hilo_window=hilo_window, sr_ratio=sr_ratio, local_window=local_window,
-                                 repeats=repeats, threads=threads, device=device)
+    from hilonas.bench.attention import format_attention_bench, parse_dtypes, run_attention_bench
+
+    with warnings.catch_warnings(record=True) as caught:  # the bench's own warnings as one stderr line each
+        warnings.simplefilter("always", RuntimeWarning)
+        result = run_attention_bench(batch=batch, tokens=tokens, dim=dim, heads=heads, alpha=alpha,
+                                     hilo_window=hilo_window, sr_ratio=sr_ratio, local_window=local_window,
+                                     repeats=repeats, threads=threads, device=device, dtypes=parse_dtypes(dtypes))
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        typer.echo(f"warning: {message}", err=True)
     _emit(result, as_json, format_attention_bench)
 
 
@@ -79,12 +91,12 @@ def _extra_epochs(text: str) -> list[float]:
 def bench_proxy(space: str = space_option(),
                 n: int = count_option(16, help="architectures to sample"),
                 seed: int = seed_option("sampling, split, initialisation and batch order"),
-                data: Optional[str] = typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, "
-                                                   "digits (default: the embedded MNIST subset)"),
+                data: Optional[str] = data_option(),
                 resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="proxy resolution"),
                 epochs: Optional[float] = number_option(None, help="default proxy budget in epochs (default: "
                                                         "ProxyBudget's)"),
-                reference_factor: float = number_option(10.0, help="the reference trains this many times longer"),
+                reference_factor: Optional[float] = number_option(None, help="the reference trains this many times "
+                                                                  "longer (default 10: the promotion budget)"),
                 reference_seeds: int = count_option(1, help="reference runs per architecture (mean accuracy)"),
                 val_fraction: Optional[float] = number_option(None, help="held-out share where the data has no "
                                                               "split (default: 0.5 embedded, 0.2 folders)",
@@ -132,6 +144,8 @@ def bench_search(space: str = space_option(),
 @app.command("latency")
 def bench_latency(space: str = space_option(),
                   target: str = target_option(),
+                  dtype: str = dtype_option(),
+                  runtime: str = runtime_option(),
                   threads: int = threads_option(),
                   batch: int = batch_option(),
                   resolution: Optional[int] = resolution_option(),
@@ -144,5 +158,5 @@ def bench_latency(space: str = space_option(),
     from hilonas.bench.latency import format_latency_bench, run_latency_bench
 
     result = run_latency_bench(space, target=target, threads=threads, batch=batch, resolution=resolution,
-                               tables_dir=tables, archs=archs, measure=measure)
+                               tables_dir=tables, archs=archs, measure=measure, dtype=dtype, runtime=runtime)
     _emit(result, as_json, format_latency_bench)

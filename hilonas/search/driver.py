@@ -36,7 +36,6 @@ from optuna.trial import TrialState
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR
-from hilonas.latency.keys import arch_blocks
 from hilonas.search import study as studies
 from hilonas.search.executors import EvaluationError, Executor, check_executor, make_executor
 from hilonas.search.lease import AttrLease, Lease, acquire_file_lease
@@ -82,15 +81,22 @@ class SearchSettings:
     ray_address: str | None = None
     latency_threads: int = 1
     latency_batch: int = 1
+    latency_dtype: str = "float32"  # the target's dtype (part of the fingerprint: a table per dtype)
+    latency_runtime: str = "eager"  # the target's runtime: eager or onnxruntime (likewise)
     tables_dir: str = DEFAULT_TABLES_DIR
     runs_dir: str = DEFAULT_RUNS_DIR
     resume: bool = False
     max_failures: int | None = None  # stop after this many failed evaluations (default: 2 * trials + 5)
     trial_timeout: float | None = None  # seconds a trial may run before it is cancelled and recorded FAILED
     allow_space_change: bool = False  # resume a study whose space file changed since it started
+    # Front members trained again at the reference budget after the trials (hilonas.search.promote); the CLI's
+    # default is promote.DEFAULT_PROMOTE, this one 0 so that library callers and benches opt in.
+    promote: int = 0
 
     def study_name(self, space: SearchSpace) -> str:
-        return self.study or f"{space.name}-{self.target}"
+        dtype = "" if self.latency_dtype == "float32" else f"-{self.latency_dtype}"
+        runtime = "" if self.latency_runtime == "eager" else f"-{self.latency_runtime}"
+        return self.study or f"{space.name}-{self.target}{dtype}{runtime}"
 
     def failure_limit(self) -> int:
         return self.max_failures if self.max_failures is not None else 2 * self.trials + 5
@@ -112,6 +118,9 @@ class SearchSettings:
         if self.sampler not in studies.SAMPLERS:
             raise HilonasError(f"--sampler={self.sampler!r} is unknown: use one of {', '.join(studies.SAMPLERS)}")
         check_executor(self.executor, self.ray_address)
+        from hilonas.search.promote import check_promote
+
+        check_promote(self.promote)
 
 
 @dataclass
@@ -129,6 +138,7 @@ class SearchSummary:
     loop_seconds: float = 0.0  # from the first ask to the last tell (excludes startup and the table build)
     table_measured_on: str | None = None  # Ray node id where missing blocks were measured (cluster runs)
     timed_out: int = 0  # trials cancelled this run for running past --trial-timeout (counted in failed)
+    promoted: int = 0  # front members promoted (trained at the reference budget) by this run
 
 
 # ------------------------------------------------------------------------------------------------- margin
@@ -237,7 +247,8 @@ def open_search(settings: SearchSettings) -> OpenedSearch:
     budget = asdict(ProxyBudget(**settings.budget))  # validates the budget before anything starts
     img_size = int(space.fixed.get("img_size", 224))
     fingerprint = current_fingerprint(settings.target, threads=settings.latency_threads,
-                                      batch=settings.latency_batch, resolution=img_size)
+                                      batch=settings.latency_batch, resolution=img_size, dtype=settings.latency_dtype,
+                                      backend=settings.latency_runtime)
     data = load_dataset(settings.data, resolution=settings.resolution, seed=settings.seed)
     _check_auto_margin(settings, fingerprint)
     record = {"space": space.name, "space_source": space.source, "target": settings.target,
@@ -665,6 +676,9 @@ def _run_opened(settings: SearchSettings, opened: OpenedSearch, progress: bool,
         loop_started = time.perf_counter()
         loop.run()  # on Ctrl-C it records what came back and fails the rest itself
         loop_seconds = time.perf_counter() - loop_started
+        view.close()
+        view = None
+        promoted = _promote(settings, opened, loop, executor, data_ref, progress)
     finally:
         if view is not None:
             view.close()
@@ -674,7 +688,20 @@ def _run_opened(settings: SearchSettings, opened: OpenedSearch, progress: bool,
                          failed=loop.failed, new_trials=loop.new_trials, wall_seconds=time.perf_counter() - started,
                          eval_seconds=loop.eval_seconds, front_size=_front_size(study), table=str(table.path),
                          stale_recovered=opened.stale_recovered, loop_seconds=loop_seconds,
-                         table_measured_on=executor.last_pinned_node, timed_out=loop.timeouts)
+                         table_measured_on=executor.last_pinned_node, timed_out=loop.timeouts, promoted=promoted)
+
+
+def _promote(settings: SearchSettings, opened: OpenedSearch, loop: SearchLoop, executor: Executor, data_ref: Any,
+             progress: bool) -> int:
+    """Promote the front (:mod:`hilonas.search.promote`) on the search's executor while the keeper renews the lease."""
+    from hilonas.search.promote import promote_front
+
+    if settings.promote <= 0:
+        return 0
+    say = (lambda line: print(line, file=sys.stderr)) if progress else None
+    with _Keeper(loop):
+        return promote_front(opened.study, settings.promote, executor, data_ref, opened.budget, seed=settings.seed,
+                             device="cuda" if settings.target == "cuda" else "cpu", evaluate=evaluate, say=say)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -689,9 +716,7 @@ def _front_size(study: optuna.Study) -> int:
     return int(sum(pareto_mask([r[0] for r in rows], [r[1] for r in rows], maximize_second)))
 
 
-def _arch_key(arch: ArchConfig) -> tuple:
-    """Two configs that run the same blocks the same number of times are the same network."""
-    return tuple(sorted((k.id, n) for k, n in arch_blocks(arch).items()))
+_arch_key = studies.network_key  # two configs that run the same blocks the same number of times: one network
 
 
 def _known_results(study: optuna.Study, space: SearchSpace) -> dict[tuple, dict]:

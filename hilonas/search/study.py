@@ -334,6 +334,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     """Plain records of a study's trials (what analysis needs; analysis never imports optuna)."""
     settings = _record_settings(study)
     measured = study.user_attrs.get(MEASURED_EXPORTS_ATTR, {})  # trial number -> its export's re-measurement
+    promoted = promoted_results(study)  # trial number -> its training at the reference budget
     out = []
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
@@ -343,6 +344,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None,
                     **t.user_attrs, "measured_latency_ms": measured.get(str(t.number), {}).get("measured_latency_ms"),
+                    "promoted": promoted.get(t.number), "promoted_accuracy": promoted.get(t.number, {}).get("accuracy"),
                     "settings": settings})
     return out
 
@@ -352,6 +354,28 @@ MEASURED_EXPORTS_ATTR = "measured_exports"  # written by hilonas.export when an 
 SPEED_ATTR = "speed_factor"  # the headline factor of the probe every trial's prediction is corrected by
 CORRECTION_ATTR = "speed_probe"  # that probe (group factors, residual): what the predictions are corrected by
 PROBES_ATTR = "speed_probes"  # every probe a run of the study took (bounded)
+
+
+PROMOTED_PREFIX = "promoted:"  # study user attr of one promoted trial (hilonas.search.promote): promoted:<number>
+
+
+def promoted_results(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Trial number -> its promoted record (accuracy, failed, reason, budget, seconds, ...); Optuna refuses new user
+    attrs on a finished trial, so each lives on the study."""
+    out = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(PROMOTED_PREFIX) and key[len(PROMOTED_PREFIX):].isdigit() and isinstance(value, dict):
+            out[int(key[len(PROMOTED_PREFIX):])] = value
+    return out
+
+
+def network_key(arch: Any) -> tuple:
+    """Two configs (ArchConfig or its dict) that run the same blocks the same number of times are the same network."""
+    from hilonas.config import ArchConfig
+    from hilonas.latency.keys import arch_blocks
+
+    arch = ArchConfig.from_dict(arch) if isinstance(arch, dict) else arch
+    return tuple(sorted((k.id, n) for k, n in arch_blocks(arch).items()))
 
 
 def kept_correction(study: optuna.Study) -> dict[str, Any]:

@@ -38,8 +38,11 @@ def test_bench_report_and_resume(tmp_path, micro_space, monkeypatch):
                                       "params", "flops"}
     for p in report["proxies"].values():
         assert set(p) >= {"spearman", "kendall", "seconds_per_arch"} and p["seconds_per_arch"] >= 0
+    ref = [a["scores"]["reference"] for a in report["archs"]]
+    assert report["reference_spread"] == round(100 * (max(ref) - min(ref)), 2)
+    assert report["reference_agreement"] is None  # one reference seed: nothing to agree with
     text = bench.format_proxy_bench(report)
-    assert "spearman" in text and "synflow" in text
+    assert "spearman" in text and "synflow" in text and "spread" in text
     assert len(log.read_text().splitlines()) == 3
 
     def boom(*args, **kwargs):
@@ -48,6 +51,22 @@ def test_bench_report_and_resume(tmp_path, micro_space, monkeypatch):
     monkeypatch.setattr(bench, "_score_arch", boom)
     again = bench.run_proxy_bench(str(space), n=3, seed=0, **kwargs)
     assert again["proxies"] == report["proxies"]
+
+
+def test_reference_agreement_is_the_spearman_between_reference_seeds():
+    from hilonas.proxy.train import ProxyBudget
+
+    def record(i, seeds, default):
+        return {"arch": {"i": i}, "describe": f"a{i}", "scores": {"default": default, "reference": sum(seeds) / 2},
+                "seconds": {"default": 1.0, "reference": 20.0},
+                "train": {"default": {"accuracy": default}, "reference": [{"accuracy": a} for a in seeds]}}
+
+    # Seed 2 orders the architectures as seed 1 does except for one swap: Spearman 0.8 over four.
+    records = [record(0, (0.60, 0.61), 0.20), record(1, (0.62, 0.64), 0.21), record(2, (0.65, 0.63), 0.22),
+               record(3, (0.70, 0.69), 0.24)]
+    report = bench._report(records, {"reference_seeds": 2}, ProxyBudget(), ProxyBudget().scaled(10), 10.0, 1, 1, 1.0)
+    assert report["reference_agreement"] == 0.8 and report["reference_spread"] == 9.0  # 0.695 - 0.605
+    assert report["proxies"]["default"]["spearman"] == 1.0 and report["proxies"]["default"]["seconds_per_arch"] == 1
 
 
 def test_bench_bad_input():

@@ -12,9 +12,9 @@ from hilonas.errors import HilonasError
 from hilonas.proxy.data import load_dataset
 
 
-def test_embedded_default_is_mnist5k_split_deterministically():
+def test_embedded_default_is_cluttered_digits_split_deterministically():
     data = load_dataset(resolution=32)
-    assert data.name == "mnist5k" and data.num_classes == 10 and data.resolution == 32
+    assert data.name == "cluttered" and data.num_classes == 10 and data.resolution == 32
     assert data.train_x.shape == (2500, 3, 32, 32) and data.val_x.shape == (2500, 3, 32, 32)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
     assert torch.bincount(data.val_y).tolist() == [250] * 10  # stratified
@@ -29,6 +29,9 @@ def test_embedded_default_is_mnist5k_split_deterministically():
     # Train and held-out never share an image.
     train_rows = {r.numpy().tobytes() for r in data.train_x[:, 0, ::4, ::4]}
     assert sum(r.numpy().tobytes() in train_rows for r in data.val_x[:100, 0, ::4, ::4]) <= 2  # blank-ish duplicates
+    # The plain MNIST subset stays available, split the same way.
+    mnist = load_dataset("mnist", resolution=32)
+    assert mnist.name == "mnist5k" and torch.equal(mnist.val_y, data.val_y)
 
 
 def test_digits_resolution_and_limits():
@@ -149,6 +152,7 @@ def test_cifar_errors(tmp_path):
 def test_dataset_spec_inverts_the_names_studies_store():
     from hilonas.proxy.data import dataset_spec
 
-    assert dataset_spec("mnist5k") is None and dataset_spec(None) is None
+    assert dataset_spec("cluttered") is None and dataset_spec(None) is None and dataset_spec("mnist5k") == "mnist"
+    assert dataset_spec("cluttered:48:8") == "cluttered:48:8"
     assert dataset_spec("folder:/data/pets") == "/data/pets"
     assert dataset_spec("cifar10:/data/c10") == "cifar10:/data/c10" and dataset_spec("digits") == "digits"

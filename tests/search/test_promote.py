@@ -1,0 +1,157 @@
+"""Promotion of the front: which members, stored where, resumed after kill -9 without training a promoted trial
+again, drawn on the Pareto page and preferred by export.
+
+Evaluations are fakes and the latency is a fake too (the sum of the stage widths), so the front is known: accuracy
+rises with width, so every distinct width sum is a front member."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from hilonas.search import study as studies
+from hilonas.search.objective import TrialResult
+
+from .test_reliability import cli, wait_for
+
+# A driver in a child process: fake latency and accuracy; promotions (more than the search's 3 steps) are the
+# reference runs: the first returns at once, the next hangs until the process is killed.
+DRIVER = """
+import os, sys, time
+import hilonas.search.driver as d
+from hilonas.latency.predictor import LatencyPredictor
+from hilonas.search.objective import TrialResult
+
+LatencyPredictor.predict = lambda self, arch: float(sum(arch.embed_dims))
+
+def fake(payload, data):
+    acc = sum(payload.arch.embed_dims) / 100
+    if payload.budget.get("steps", 0) > 3:
+        if os.path.exists(sys.argv[1]):
+            time.sleep(600)
+        open(sys.argv[1], "w").close()
+        acc += 0.2
+    return TrialResult(accuracy=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+                       eval_seconds=0.1, proxy={"steps": payload.budget.get("steps")}, host="h", pid=1)
+
+d.evaluate = fake
+from hilonas.cli import main
+main(sys.argv[2:])
+"""
+
+
+def fake_latency(self, arch):
+    return float(sum(arch.embed_dims))
+
+
+def local(settings, workdir, study, promote):
+    """8 trials of the tiny space on the in-process executor, on the small digits data, promoting ``promote``."""
+    return settings(workdir, study=study, trials=8, workers=1, executor="local", promote=promote, data="digits")
+
+
+def promoted_in(db):
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute("SELECT count(*) FROM study_user_attributes WHERE key LIKE 'promoted:%'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_promotion_resumes_after_kill_9_without_training_a_promoted_trial_again(workdir, settings, monkeypatch):
+    import hilonas.search.driver as driver
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.search.promote import promotion_candidates
+
+    child = subprocess.Popen([sys.executable, "-c", DRIVER, str(workdir / "first"),
+                              *cli(workdir, "p9", 8, "--promote", "3", "--data", "digits")], cwd=workdir,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    db = workdir / "runs" / "p9" / "study.db"
+    wait_for(lambda: promoted_in(db) >= 1, child)
+    time.sleep(0.3)  # the second promotion is under way (it hangs)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    study = optuna.load_study(study_name="p9", storage=f"sqlite:///{db}")
+    first = studies.promoted_results(study)
+    assert len(first) == 1
+    candidates = [t.number for t in promotion_candidates(study, 3)]
+    assert len(candidates) >= 2 and set(first) <= set(candidates)
+
+    trained = []
+
+    def fake(payload, data):
+        trained.append(payload.budget["steps"])
+        acc = sum(payload.arch.embed_dims) / 100 + 0.3
+        return TrialResult(accuracy=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+                           eval_seconds=0.1, proxy={"steps": payload.budget["steps"]}, host="h", pid=1)
+
+    monkeypatch.setattr(driver, "evaluate", fake)
+    monkeypatch.setattr(LatencyPredictor, "predict", fake_latency)
+    summary = driver.run_search(local(settings, workdir, "p9", 3), progress=False)
+    study = optuna.load_study(study_name="p9", storage=f"sqlite:///{db}")
+    after = studies.promoted_results(study)
+    # Only the members not promoted before the kill were trained, each at 10x the search's 3 steps.
+    assert summary.promoted == len(candidates) - 1 and trained == [30] * (len(candidates) - 1)
+    assert set(after) == set(candidates)
+    number = next(iter(first))
+    assert after[number] == first[number]  # the promoted record written before the kill stands
+    assert all(r["budget"]["steps"] == 30 and not r["failed"] for r in after.values())
+
+    # A second run finds nothing left to promote.
+    again = driver.run_search(local(settings, workdir, "p9", 3), progress=False)
+    assert again.promoted == 0 and len(trained) == len(candidates) - 1
+
+
+def test_promoted_figures_reach_results_page_and_export(workdir, settings, monkeypatch):
+    import hilonas.search.driver as driver
+    from hilonas.analysis.plots import pareto_figure
+    from hilonas.export import select_trial
+    from hilonas.latency.predictor import LatencyPredictor
+
+    def fake(payload, data):
+        # Promotion reverses the proxy's order: the narrowest network is best at the reference budget.
+        acc = sum(payload.arch.embed_dims) / 100
+        if payload.budget["steps"] > 3:
+            acc = 1.0 - acc / 2
+        return TrialResult(accuracy=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+                           eval_seconds=0.1, proxy={}, host="h", pid=1)
+
+    monkeypatch.setattr(driver, "evaluate", fake)
+    monkeypatch.setattr(LatencyPredictor, "predict", fake_latency)
+    summary = driver.run_search(local(settings, workdir, "pp", 2), progress=False)
+    df, _ = studies.study_results(["pp"], runs_dir=str(workdir / "runs"))
+    promoted = df[df["promoted_accuracy"].notna()]
+    assert summary.promoted == len(promoted) == 2 and promoted["on_front"].all()
+    # The two ends of the front: the fastest and the most accurate member.
+    front = df[df["on_front"]].sort_values("latency_ms")
+    assert set(promoted["latency_ms"]) == {front["latency_ms"].min(), front["latency_ms"].max()}
+
+    fig = pareto_figure(df)
+    marks = [t for t in fig.data if t.name and t.name.endswith("promoted (reference budget)")]
+    assert len(marks) == 1 and sorted(marks[0].y) == sorted(promoted["promoted_accuracy"])
+    assert sorted(marks[0].x) == sorted(promoted["latency_ms"])
+    joins = [t for t in fig.data if t.mode == "lines" and t.y is not None and None in t.y
+             and {v for v in t.y if v is not None} >= set(promoted["promoted_accuracy"])]
+    assert joins  # each promoted triangle joined to its proxy point
+
+    # export --knee and --min-accuracy read the promoted figure: the fast member is the best once promoted.
+    fastest = int(promoted.sort_values("latency_ms").iloc[0]["number"])
+    assert int(select_trial(df, knee=True)["number"]) == fastest
+    best_promoted = float(promoted["promoted_accuracy"].max())
+    assert int(select_trial(df, min_accuracy=best_promoted)["number"]) == fastest
+    assert best_promoted > df["accuracy"].max()  # no proxy figure reaches it: only the promoted one does
+
+
+def test_promote_must_be_a_whole_number(workdir, settings):
+    from hilonas.errors import HilonasError
+    from hilonas.search.driver import run_search
+
+    with pytest.raises(HilonasError, match="--promote=-1"):
+        run_search(settings(workdir, promote=-1), progress=False)
