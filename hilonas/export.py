@@ -371,11 +371,12 @@ def export_onnx(arch: ArchConfig, path: Path, weights: Path | None = None) -> di
     x = torch.randn(1, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(0))
     import onnxruntime as ort
 
-    from hilonas.latency.runtime import ONNX_OPSET, export_onnx_model, ort_session
+    from hilonas.latency.runtime import DYNAMO_OPSET, ONNX_OPSET, export_onnx_model, ort_session
 
-    export_onnx_model(model, x, path, input_name="image", output_name="logits", dynamic_batch=True)
+    exporter = export_onnx_model(model, x, path, input_name="image", output_name="logits", dynamic_batch=True)
     got = ort_session(path, threads=1).run(None, {"image": x.numpy()})[0]
     with torch.inference_mode():
         want = model(x).numpy()
     diff = float(np.abs(got - want).max())
-    return {"file": path.name, "opset": ONNX_OPSET, "max_abs_diff": diff, "onnxruntime": ort.__version__}
+    return {"file": path.name, "opset": ONNX_OPSET if exporter == "torchscript" else DYNAMO_OPSET, "exporter": exporter,
+            "dynamic_batch": exporter == "torchscript", "max_abs_diff": diff, "onnxruntime": ort.__version__}

@@ -64,3 +64,23 @@ def test_export_remeasures_in_the_runtime(tmp_path):
     out = _measure(str(path), threads=1, batch=1, settings=SETTINGS, statistic="min", device="cpu",
                    runtime="onnxruntime")
     assert out["measured_latency_ms"] > 0
+
+
+def test_a_padded_map_exports_right():
+    """The TorchScript exporter truncates the ceiling division of a padded map (wrong shapes at run time); the
+    export recipe checks its graph and falls back to the torch.export-based exporter."""
+    import io
+
+    from hilonas.latency.runtime import export_onnx_model, ort_session
+    from hilonas.models import HiLoNet
+
+    arch = ArchConfig(depths=(1, 1), embed_dims=(16, 32), num_heads=(1, 2), mlp_ratios=(2.0, 2.0),
+                      mixers=("none", "hilo"), alphas=(0.0, 0.5), window_sizes=(1, 4), img_size=48, num_classes=10,
+                      pad=True)
+    model = HiLoNet(arch, fused=False).eval()
+    x = torch.randn(1, 3, 48, 48)
+    buf = io.BytesIO()
+    assert export_onnx_model(model, x, buf) == "dynamo"  # 6x6 tokens in windows of 4: padded to 8x8
+    got = ort_session(buf.getvalue(), 1).run(None, {"x": x.numpy()})[0]
+    with torch.inference_mode():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-5)
