@@ -84,7 +84,12 @@ def export_onnx_model(module: nn.Module, example: torch.Tensor, dest: str | Path
 def _same_outputs(model: bytes, module: nn.Module, example: torch.Tensor, input_name: str) -> bool:
     """Whether onnxruntime runs ``model`` on ``example`` and gets what ``module`` computes (float32 tolerance)."""
     try:
-        got = ort_session(model, 1).run(None, {input_name: example.detach().cpu().numpy()})[0]
+        import onnxruntime as ort
+
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4
+        feeds = {input_name: example.detach().cpu().numpy()}
+        got = ort_session(model, 1, quiet=True).run(None, feeds, quiet)[0]
     except Exception:  # any failure of the graph means: use the other exporter
         return False
     with torch.inference_mode():
@@ -96,11 +101,14 @@ def _same_outputs(model: bytes, module: nn.Module, example: torch.Tensor, input_
     return float((torch.from_numpy(got).float() - want).abs().max()) <= 1e-3 * scale
 
 
-def ort_session(model: bytes | str | Path, threads: int, device: str = "cpu") -> Any:
-    """An onnxruntime session for ``model`` with ``threads`` intra-op threads (sequential, all optimisations)."""
+def ort_session(model: bytes | str | Path, threads: int, device: str = "cpu", *, quiet: bool = False) -> Any:
+    """An onnxruntime session for ``model`` with ``threads`` intra-op threads (sequential, all optimisations);
+    ``quiet``: onnxruntime logs nothing below fatal (a graph that is only being checked)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if quiet:
+        options.log_severity_level = 4
     options.intra_op_num_threads = max(int(threads), 1)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
