@@ -130,6 +130,7 @@ def test_search_flags_a_table_of_other_model_code(workdir, settings, capsys):
     path = table_file(workdir)
     doc = json.loads(path.read_text())
     doc["settings"]["model_code"] = "000000000000"
+    doc["settings"]["model_code_files"]["hilonet.py"] = "000000000000"  # the model changed since the build
     path.write_text(json.dumps(doc))
     run_search(settings(workdir, trials=1, workers=1, executor="local", study="stale"), progress=False)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "model code" in line]
