@@ -23,7 +23,7 @@ from hilonas import __version__
 from hilonas.analysis.front import pareto_mask
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
-from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write, read_text
+from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write, read_text, replace_folder
 
 DEFAULT_TRIES = 3  # export --max-latency-ms: trials re-measured against the limit before giving up
 WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
@@ -187,14 +187,7 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
             if limit_ms is not None and m.get("measured") and m["measured_latency_ms"] > limit_ms:
                 raise OverLimit(m)
             _write_doc(tmp, arch, provenance)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Union
 
 from hilonas.errors import HilonasError
 
-__all__ = ["atomic_write", "write_csv_rows", "read_text", "MAX_TEXT_BYTES", "DEFAULT_TABLES_DIR", "DEFAULT_RUNS_DIR"]
+__all__ = ["atomic_write", "replace_folder", "write_csv_rows", "read_text", "MAX_TEXT_BYTES", "DEFAULT_TABLES_DIR",
+           "DEFAULT_RUNS_DIR"]
 
 # Where hilonas keeps what it writes, unless told otherwise (relative to the working directory).
 DEFAULT_TABLES_DIR = "latency_tables"
@@ -103,6 +105,19 @@ def atomic_write(path: str | Path, content: Content, *, encoding: str = "utf-8")
             os.unlink(tmp)
         raise
     return path
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Move the finished folder ``tmp`` to ``target`` (same file system); an earlier ``target`` is set aside first
+    and removed once the new one is in place, so a crash leaves one complete folder, never a mix."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
 
 
 def write_csv_rows(path: str | Path, rows: list[dict]) -> Path:

@@ -34,7 +34,7 @@ from typing import Any
 from hilonas import __version__
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
-from hilonas.io import DEFAULT_TABLES_DIR, atomic_write, read_text
+from hilonas.io import DEFAULT_TABLES_DIR, atomic_write, read_text, replace_folder
 
 __all__ = ["SCHEDULES", "DEFAULT_MIN_KEEP", "prunable_weights", "global_magnitude_masks",
            "cubic_sparsity", "structured_prune", "read_pruning_source", "prune_export", "check_prune_options"]
@@ -905,14 +905,7 @@ def _write(target: Path, arch: ArchConfig, src: PruningSource, report: dict[str,
     try:
         atomic_write(tmp / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         atomic_write(tmp / ARCH_FILE, yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
