@@ -119,8 +119,10 @@ def knee_index(latency: list[float], accuracy: list[float]) -> int:
     return max(range(len(dist)), key=lambda i: (dist[i], -i))
 
 
-def _check_out(out_dir: Path, force: bool) -> Path:
-    """Refuse an --out that cannot take the export (see :func:`export_trial`); returns its parent, created."""
+def prepare_out_folder(out_dir: Path, force: bool) -> Path:
+    """Refuse an --out that cannot take a new export folder (a file; a non-empty folder without ``force``, or one
+    that holds no earlier export; an uncreatable or unwritable parent); returns its parent, created. Used by
+    ``export`` and ``prune``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise HilonasError(f"--out {out_dir} is a file: choose a folder")
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -157,7 +159,7 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
     re-measured latency above it raises :class:`OverLimit` and nothing is written; ``extra`` joins the provenance.
     """
     out_dir = Path(out_dir)
-    parent = _check_out(out_dir, force)
+    parent = prepare_out_folder(out_dir, force)
     arch = ArchConfig.from_dict(row["arch"])
     provenance: dict[str, Any] = {
         "study": row["study"], "trial": int(row["number"]), "hilonas_version": __version__,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -592,20 +591,9 @@ def _default_out(folder: Path, sparsity: float, structured: bool) -> Path:
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
-    from hilonas.export import check_replaceable
+    from hilonas.export import prepare_out_folder
 
-    if out.exists() and not out.is_dir():
-        raise HilonasError(f"--out {out} is a file: choose a folder")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise HilonasError(f"--out {out} exists and is not empty: choose a new folder or pass --force")
-        check_replaceable(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise HilonasError(f"--out {out}: folder {out.parent} cannot be created ({err.strerror})") from None
-    if not os.access(out.parent, os.W_OK):
-        raise HilonasError(f"--out {out}: folder {out.parent} is not writable: choose another place")
+    prepare_out_folder(out, force)
     return out
 
 

@@ -41,3 +41,17 @@ def assert_one_line_error(result, *needles):
     assert lines[0].startswith("error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def count_rows(db, query: str) -> int:
+    """``SELECT count(*) ...`` on a SQLite study read-only (0 while the file is missing or locked mid-write): what the
+    kill -9 tests poll while a search runs in another process."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute(query).fetchone()[0]
+    except sqlite3.Error:
+        return 0

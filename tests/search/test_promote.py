@@ -15,6 +15,7 @@ import pytest
 from hilonas.search import study as studies
 from hilonas.search.objective import TrialResult
 
+from ..shared import count_rows
 from .test_reliability import cli, wait_for
 
 # A driver in a child process: fake latency and accuracy; promotions (more than the search's 3 steps) are the
@@ -53,15 +54,7 @@ def local(settings, workdir, study, promote):
 
 
 def promoted_in(db):
-    import sqlite3
-
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute("SELECT count(*) FROM study_user_attributes WHERE key LIKE 'promoted:%'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return count_rows(db, "SELECT count(*) FROM study_user_attributes WHERE key LIKE 'promoted:%'")
 
 
 @pytest.mark.slow

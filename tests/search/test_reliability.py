@@ -22,7 +22,7 @@ from hilonas.search.executor_base import EvaluationError, Executor, LocalExecuto
 from hilonas.search.lease import AttrLease, FileLease
 from hilonas.search.objective import TrialResult
 
-from ..shared import TINY_SPACE
+from ..shared import TINY_SPACE, count_rows
 
 
 def fake_result(accuracy=0.5):
@@ -80,15 +80,7 @@ def wait_for(condition, proc, timeout=60):
 
 
 def count_complete(db):
-    import sqlite3
-
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return count_rows(db, "SELECT count(*) FROM trials WHERE state = 'COMPLETE'")
 
 
 # ------------------------------------------------------------------------------------------------- leases
