@@ -331,10 +331,17 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     if todo or need_cal:  # the host these measurements come from
         table.set_details(machine_details(fp.device_kind))
     cal_archs = space.sample_distinct(calib_networks, f"calibration:{seed}") if need_cal else []
+    earlier = _earlier_networks(table, space.name, set(cal_archs), merged["statistic"]) if need_cal else []
+    if recalibrate:  # the machine may have changed: every network of the calibration is measured again
+        cal_archs += [arch for arch, _ in earlier]
+        spaces = [space.name] * calib_networks + [net.get("space", "") for _, net in earlier]
+        earlier = []
+    else:
+        spaces = [space.name] * len(cal_archs)
     with progress_bar(progress and bool(todo or need_cal)) as bar:
         timings = _measure(table, todo, cal_archs, fp, merged, bar, on_block, space.name)
     if cal_archs:
-        table.set_calibration(_calibrate(table, cal_archs, timings, merged["statistic"], seed))
+        table.set_calibration(_calibrate(table, cal_archs, timings, merged["statistic"], seed, spaces, earlier))
         table.save()
     if not table.path.exists():
         table.save()
@@ -343,21 +350,51 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
                        calibration=(table.calibration or {}).get("method"), machine_busy=busy, path=str(table.path))
 
 
-def _calibrate(table: LatencyTable, archs: list[ArchConfig], timings: list[Any], statistic: str,
-               seed: int) -> Calibration:
-    """The calibration fitted on ``archs`` measured whole (``timings``), with its provenance."""
+def _earlier_networks(table: LatencyTable, space: str, exclude: set[ArchConfig],
+                      statistic: str) -> list[tuple[ArchConfig, dict[str, Any]]]:
+    """The networks of the table's calibration that came from other spaces (one table serves every space measured
+    on its hardware): kept in the refit, so building a second space does not fit the calibration to it alone.
+    Networks of ``space`` itself, those in ``exclude`` (measured again now) and those of another statistic are
+    left out."""
+    cal = table.calibration or {}
+    if cal.get("statistic", statistic) != statistic:
+        return []
+    out = []
+    for net in cal.get("networks", []):
+        if not isinstance(net, dict) or net.get("space") == space:
+            continue
+        try:
+            arch = ArchConfig.from_dict(net["arch"]).validate().canonical()
+            float(net["measured_ms"])
+        except (HilonasError, KeyError, TypeError, ValueError):
+            continue
+        if arch not in exclude:
+            out.append((arch, net))
+    return out
+
+
+def _calibrate(table: LatencyTable, archs: list[ArchConfig], timings: list[Any], statistic: str, seed: int,
+               spaces: list[str], earlier: list[tuple[ArchConfig, dict[str, Any]]]) -> Calibration:
+    """The calibration fitted on ``archs`` measured whole now (``timings``; ``spaces``: the space each came from)
+    and on ``earlier`` networks kept with their stored figures, with its provenance."""
     import dataclasses
 
     from hilonas.latency.measure import figure_ms
 
     predictor = LatencyPredictor(table)
-    raw = [predictor.breakdown(a) for a in archs]
     measured = [figure_ms(t, statistic) for t in timings]
     networks = [{"describe": a.describe(), "measured_ms": round(m, 4), "median_ms": round(t.median_ms, 4),
-                 "raw_ms": round(sum(r.values()), 4), "spread": round(t.spread, 4), "arch": a.to_dict()}
-                for a, t, m, r in zip(archs, timings, measured, raw)]
-    return dataclasses.replace(fit_calibration(raw, measured), fitted_on=len(archs), seed=seed, statistic=statistic,
-                               fitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), networks=tuple(networks))
+                 "spread": round(t.spread, 4), "space": sp, "arch": a.to_dict()}
+                for a, t, m, sp in zip(archs, timings, measured, spaces)]
+    networks += [net for _, net in earlier]
+    all_archs = list(archs) + [a for a, _ in earlier]
+    raw = [predictor.breakdown(a) for a in all_archs]
+    for net, r in zip(networks, raw):
+        net["raw_ms"] = round(sum(r.values()), 4)
+    figures = measured + [float(net["measured_ms"]) for _, net in earlier]
+    return dataclasses.replace(fit_calibration(raw, figures), fitted_on=len(all_archs), seed=seed,
+                               statistic=statistic, fitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               networks=tuple(networks))
 
 
 def table_complete(space: SearchSpace, fp: Fingerprint, table: LatencyTable, **kwargs: Any) -> bool:

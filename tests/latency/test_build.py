@@ -161,3 +161,33 @@ def test_space_at_another_resolution(tiny_space):
     at64 = tiny_space.at_resolution(64)
     assert at64.fixed["img_size"] == 64 and tiny_space.at_resolution(32) is tiny_space
     assert {k.h for k in at64.enumerate_blocks() if k.kind == "block"} == {16, 8}
+
+
+def test_a_second_space_adds_its_networks_to_the_calibration(tmp_path, tiny_space, cpu_fp, monkeypatch):
+    """One table serves every space built on its hardware: building a second space refits the calibration on both
+    spaces' networks (the first space's kept with their stored figures), and --recalibrate measures all again."""
+    from hilonas.spaces import SearchSpace
+
+    from ..shared import TINY_SPACE
+
+    other = SearchSpace.from_dict({**TINY_SPACE, "name": "test_tiny_sra",
+                                   "stages": [TINY_SPACE["stages"][0],
+                                              {**TINY_SPACE["stages"][1], "mixer": "sra", "window": 2}]}, "other")
+    build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=3, **FAST)
+    first = LatencyTable.open(cpu_fp, tmp_path).calibration["networks"]
+    assert [n["space"] for n in first] == ["test_tiny"] * 3
+    build_table(other, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=2, **FAST)
+    cal = LatencyTable.open(cpu_fp, tmp_path).calibration
+    assert cal["fitted_on"] == 5
+    assert sorted(n["space"] for n in cal["networks"]) == ["test_tiny"] * 3 + ["test_tiny_sra"] * 2
+    kept = {n["describe"]: n["measured_ms"] for n in cal["networks"] if n["space"] == "test_tiny"}
+    assert kept == {n["describe"]: n["measured_ms"] for n in first}  # stored figures, not measured again
+
+    measured = []
+    real = build_mod._measure
+    monkeypatch.setattr(build_mod, "_measure", lambda table, todo, archs, *a: measured.append(len(archs))
+                        or real(table, todo, archs, *a))
+    build_table(other, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=2, recalibrate=True, **FAST)
+    cal = LatencyTable.open(cpu_fp, tmp_path).calibration
+    assert measured == [5] and cal["fitted_on"] == 5
+    assert sorted(n["space"] for n in cal["networks"]) == ["test_tiny"] * 3 + ["test_tiny_sra"] * 2
