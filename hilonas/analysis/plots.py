@@ -30,6 +30,17 @@ def _hover(row: pd.Series) -> str:
             f"FLOPs {flops} · params {params}")
 
 
+def mixers_of(arch_text: str) -> str:
+    """The attention mixers of an architecture's stages, from its ``describe()`` text: 'hilo', or 'hat/hilo' when
+    stages differ ('none' stages left out; '' when there is no text)."""
+    seen: list[str] = []
+    for stage in str(arch_text or "").strip("[]").split(" @")[0].strip("[] ").split("|"):
+        words = stage.split()
+        if len(words) > 1 and words[1] != "none" and words[1] not in seen:
+            seen.append(words[1])
+    return "/".join(seen)
+
+
 X_AXES = ("latency", "throughput")
 
 
@@ -50,15 +61,19 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
         colour = _COLOURS[i % len(_COLOURS)]
         target = part["target"].iloc[0] or ""
         name = f"{study} ({target})" if target else str(study)
+        mixers = part["arch_text"].map(mixers_of) if "arch_text" in part else pd.Series("", index=part.index)
+        several = mixers.nunique() > 1  # a space that chooses among mixers: the front says which hold it
         for subset, opacity, label, size in (
                 (part[~part["on_front"] & part["feasible"]], 0.3, "trials", 7),
                 (part[~part["feasible"]], 0.15, "over the limit", 6),
                 (part[part["on_front"]], 1.0, "front", 10)):
             if subset.empty:
                 continue
+            text = mixers[subset.index] if several and label == "front" else None
             fig.add_trace(go.Scatter(
-                x=subset[col], y=subset["accuracy"], mode="markers", name=f"{name}: {label}",
-                legendgroup=str(study), opacity=opacity,
+                x=subset[col], y=subset["accuracy"], mode="markers+text" if text is not None else "markers",
+                name=f"{name}: {label}", legendgroup=str(study), opacity=opacity, text=text,
+                textposition="bottom center", textfont={"size": 10, "color": colour},
                 marker={"color": colour, "size": size, "symbol": "x" if label == "over the limit" else "circle"},
                 hovertext=[_hover(r) for _, r in subset.iterrows()], hoverinfo="text"))
         front = part[part["on_front"]].sort_values(col, ascending=(x == "latency"))

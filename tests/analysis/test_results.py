@@ -127,3 +127,18 @@ def test_a_trial_can_be_exported_from_a_study_with_skipped_trials():
     assert select_trial(df, trial=1)["number"] == 1
     with pytest.raises(HilonasError, match="not trained"):
         select_trial(df, trial=3)
+
+
+def test_the_front_names_its_mixers_when_the_space_chooses_among_them():
+    from hilonas.analysis.plots import mixers_of, pareto_figure
+
+    assert mixers_of("[1x48 none | 1x192 hilo h4 a0.75 w2 | 1x384 hat h8 w7] @224") == "hilo/hat"
+    assert mixers_of("[2x48 none | 3x192 cga h4 w7 r2 | 2x384 cga h8] @224") == "cga"
+    df = results_frame(trial_records(make_study("mx", [(0.9, 10.0), (0.8, 5.0), (0.7, 20.0)])))
+    df["arch_text"] = df["number"].map({0: "[1x8 none | 1x16 hat h2 w2] @32", 1: "[1x8 none | 1x16 cga h2 w2] @32",
+                                        2: "[1x8 none | 1x16 hilo h2 w2] @32"}).fillna("")
+    (front,) = [t for t in pareto_figure(df).data if t.name == "mx (cpu): front" and "markers" in t.mode]
+    assert sorted(front.text) == ["cga", "hat"]
+    df["arch_text"] = "[1x8 none | 1x16 hilo h2 w2] @32"  # one mixer everywhere: no labels
+    (front,) = [t for t in pareto_figure(df).data if t.name == "mx (cpu): front" and "markers" in t.mode]
+    assert front.text is None
