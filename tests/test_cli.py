@@ -73,6 +73,22 @@ def test_flops_json_for_a_config_file(capsys, tmp_path):
     assert data["params"] > 0 and data["flops"] == sum(data["flops_by_stage"].values())
 
 
+@pytest.mark.parametrize("dtype, runtime", [("bfloat16", "eager"), ("float32", "onnxruntime")])
+def test_flops_time_in_a_target_dtype_and_runtime(capsys, tmp_path, dtype, runtime):
+    path = tmp_path / "arch.yaml"
+    path.write_text("stages:\n  - {depth: 1, dim: 16, mixer: none}\n  - {depth: 1, dim: 32, heads: 2, mixer: hilo}\n"
+                    "img_size: 32\nnum_classes: 10\n")
+    code, out, err = run(capsys, "flops", str(path), "--time", "--dtype", dtype, "--runtime", runtime, "--json")
+    assert code == 0, err
+    f = json.loads(out)["forward_ms"]
+    assert (f["dtype"], f["runtime"], f["runs"]) == (dtype, runtime, 10) and f["median"] > 0
+
+
+def test_flops_time_refuses_a_target_this_cpu_cannot_time(capsys):
+    assert_one_line_error(run(capsys, "flops", "litv2_s", "--time", "--runtime", "onnxruntime", "--dtype",
+                              "bfloat16"), "--runtime=onnxruntime", "--dtype float32")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--batch", "0"], "--batch=0"),
     (["--dim", "100", "--heads", "3"], "--dim=100"),

@@ -11,11 +11,13 @@ from hilonas.cli._common import (
     DEFAULT_RUNS_DIR,
     count_option,
     data_option,
+    dtype_option,
     echo_json,
     json_option,
     number_option,
     output_folder_option,
     quiet_torch,
+    runtime_option,
     seed_option,
     threads_option,
 )
@@ -28,12 +30,14 @@ def flops(config: str = typer.Argument(..., help="variant name (litv2_s, litv2_m
           img_size: Optional[int] = typer.Option(None, help="input resolution (default: the config's img_size)"),
           time_forward: bool = typer.Option(False, "--time", help="also time one forward pass (median of repeats)"),
           threads: int = threads_option("CPU threads for --time"),
+          dtype: str = dtype_option("dtype --time runs in: float32 or bfloat16 (float16 is CUDA only)"),
+          runtime: str = runtime_option("runtime --time runs in: eager (PyTorch) or onnxruntime (float32)"),
           as_json: bool = json_option()) -> None:
     """Parameters and FLOPs (multiply-accumulates, fvcore) of an architecture, by stage."""
     quiet_torch()
     from hilonas.models.flops import flops_summary
 
-    out = flops_summary(config, img_size, time_forward=time_forward, threads=threads)
+    out = flops_summary(config, img_size, time_forward=time_forward, threads=threads, dtype=dtype, runtime=runtime)
     if as_json:
         echo_json(out)
         return
@@ -44,8 +48,8 @@ def flops(config: str = typer.Argument(..., help="variant name (litv2_s, litv2_m
         typer.echo(f"    {name:12s} {value / 1e9:8.3f} G")
     if time_forward:
         f = out["forward_ms"]
-        typer.echo(f"  forward {f['median']:8.2f} ms (batch 1, {f['threads']} thread(s), median of {f['runs']} runs, "
-                   f"spread {f['spread']:.1%})")
+        typer.echo(f"  forward {f['median']:8.2f} ms (batch 1, {f['threads']} thread(s), {f['dtype']} "
+                   f"{f['runtime']}, median of {f['runs']} runs, spread {f['spread']:.1%})")
 
 
 def train(config: str = typer.Argument(..., help="variant name or a config YAML (an exported file too)"),

@@ -97,12 +97,14 @@ def arch_flops(arch: ArchConfig, batch: int = 1) -> FlopReport:
 
 
 def flops_summary(config: Any, img_size: int | None = None, *, time_forward: bool = False,
-                  threads: int = 1) -> dict[str, Any]:
+                  threads: int = 1, dtype: str = "float32", runtime: str = "eager") -> dict[str, Any]:
     """What ``hilonas flops`` prints: params, FLOPs and FLOPs by stage of a variant name, config file or ArchConfig,
-    at ``img_size`` (default: its own), and with ``time_forward`` the median forward time (batch 1, ``threads``).
+    at ``img_size`` (default: its own), and with ``time_forward`` the median forward time on this CPU (batch 1,
+    ``threads``), in ``dtype`` and ``runtime`` as a latency table of that target measures networks.
 
     Raises:
-        HilonasError: an unknown variant or file, or an ``img_size`` the architecture cannot take.
+        HilonasError: an unknown variant or file, an ``img_size`` the architecture cannot take, or a dtype/runtime
+            this CPU cannot time (checked before anything runs).
     """
     import dataclasses
 
@@ -112,14 +114,24 @@ def flops_summary(config: Any, img_size: int | None = None, *, time_forward: boo
     arch = resolve_arch(config)
     if img_size is not None:
         arch = dataclasses.replace(arch, img_size=img_size).validate()
+    fp = None
+    if time_forward:
+        from hilonas.latency.fingerprint import current_fingerprint
+
+        fp = current_fingerprint("cpu", threads=threads, batch=1, resolution=arch.img_size, dtype=dtype,
+                                 backend=runtime)
     model = HiLoNet(arch).eval()
     x = torch.zeros(1, arch.in_chans, arch.img_size, arch.img_size)
     report = count_flops(model, x)
     out = {"config": str(config), "arch": arch.describe(), "img_size": arch.img_size, "params": report.params,
            "flops": report.total, "flops_by_stage": report.stage_flops()}
-    if time_forward:
-        from hilonas.latency.timing import time_module
+    if fp is not None:
+        from hilonas.latency.measure import build_arch_model
+        from hilonas.latency.runtime import runner
+        from hilonas.latency.timing import time_callable
 
-        t = time_module(model, x, threads=threads, warmup=3, repeats=10)
-        out["forward_ms"] = {"median": t.median_ms, "spread": t.spread, "runs": t.runs, "threads": t.threads}
+        net, x = build_arch_model(arch, fp)
+        t = time_callable(runner(net, (x,), runtime, threads=threads), threads=threads, warmup=3, repeats=10)
+        out["forward_ms"] = {"median": t.median_ms, "spread": t.spread, "runs": t.runs, "threads": t.threads,
+                             "dtype": dtype, "runtime": runtime}
     return out
