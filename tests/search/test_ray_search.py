@@ -131,3 +131,27 @@ def test_failing_trial_is_failed_and_search_completes(workdir, settings, monkeyp
     assert all("boom: injected failure" in t.user_attrs["fail_reason"] for t in failed)
     assert all(t.user_attrs["arch"]["stages"][0]["depth"] == 1 for t in study.get_trials(states=(TrialState.COMPLETE,))
                if not t.user_attrs.get("duplicate_of"))
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_the_search_reaches_its_total(workdir, settings, monkeypatch):
+    """kill -9 of a Ray worker while it trains: Ray runs the task again on a new worker; nothing is failed."""
+    import signal
+
+    import hilonas.search.driver as driver
+    from hilonas.search.objective import evaluate as real_evaluate
+
+    marker = workdir / "killed-once"
+
+    def dies_once(payload, data):  # defined in the test, so Ray ships it by value (the marker path with it)
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process, mid-trial
+        return real_evaluate(payload, data)
+
+    monkeypatch.setattr(driver, "evaluate", dies_once)
+    summary = run_search(settings(workdir, trials=4, workers=2, seed=5), progress=False)
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died, not this process
+    assert summary.finished == 4
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir / 'runs' / 't' / 'study.db'}")
+    assert not study.get_trials(states=(TrialState.FAIL,))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
