@@ -12,6 +12,7 @@ this machine, adds it to the table and saves it.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 
@@ -121,7 +122,16 @@ class LatencyPredictor:
         kw = {k: v for k, v in self.table.settings.items() if k in MEASURE_DEFAULTS}
         timing = measure_block(key, self.table.fingerprint, **kw)
         chain = kw.get("chain", MEASURE_DEFAULTS["chain"]) if key.kind == "block" else 1
-        self.table.add(key, timing, chain=chain, source="measure_missing")
+        # Measured at this run's speed, stored at the table's: divided by the factor predict() applies to the block
+        # (group factor, size term, speed factor), so today's prediction of it is what was measured, not its square.
+        today = self.group_factors.get(block_group(key), self._default_group) * self.speed_factor
+        if self.size_exponent and timing.median_ms > 0:
+            today *= (timing.median_ms / chain / today) ** self.size_exponent
+        if today != 1.0:
+            timing = dataclasses.replace(timing, median_ms=timing.median_ms / today,
+                                         samples_ms=[ms / today for ms in timing.samples_ms])
+        extra = {"measured_speed": round(today, 5)} if today != 1.0 else {}
+        self.table.add(key, timing, chain=chain, source="measure_missing", **extra)
         self.table.save()
         self._remember(key)
 

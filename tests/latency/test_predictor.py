@@ -165,3 +165,20 @@ def test_group_factors_scale_each_kind_of_block_before_the_calibration(tmp_path)
     assert sized.predict(ARCH) == pytest.approx(0.5 + 1.2 * (2.0 * 0.5 ** 0.5 + others))
     with pytest.raises(HilonasError, match="positive"):
         LatencyPredictor(table, group_factors={"stem": float("nan")})
+
+
+def test_a_block_measured_today_is_stored_at_the_tables_speed(tmp_path, cpu_fp, monkeypatch):
+    """With a speed factor of 2 (this machine runs twice as slow as the table's), a missing block measured now is
+    stored at half its measured figure, so today's prediction of it is what was measured (not twice that)."""
+    import hilonas.latency.measure as measure
+    from hilonas.latency.timing import Timing
+
+    table = fake_table(tmp_path, fp=cpu_fp, skip=("merge",))
+    merge = next(k for k in arch_blocks(ARCH) if k.kind == "merge")
+    monkeypatch.setattr(measure, "measure_block", lambda key, fp, **kw: Timing(
+        median_ms=3.0, spread=0.0, runs=2, samples_ms=[3.0, 3.2], device="cpu", threads=1, noisy=False, attempts=1))
+    today = LatencyPredictor(table, measure_missing=True, speed_factor=2.0)
+    value = today.predict(ARCH)
+    assert table.latency_ms(merge) == pytest.approx(1.5)  # at the table's speed
+    assert table.entries[merge.id]["measured_speed"] == 2.0
+    assert value == pytest.approx(2.0 * 8.625 + 3.0)  # the other blocks scaled to today, the new one as measured
