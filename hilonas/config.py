@@ -23,7 +23,9 @@ before it existed reads and writes unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,11 @@ GLOBAL_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "merge", "
 # seed) is one line naming the field instead of an out-of-memory crash or an integer overflow inside torch.
 LIMITS: dict[str, float] = {"img_size": 8192, "patch_size": 1024, "in_chans": 1024, "num_classes": 1_000_000,
                             "depth": 1024, "dim": 65536, "heads": 4096, "mlp_ratio": 64, "window": 1024}
+# Fields within their limits still combine into networks no machine holds (dim 65536 with full attention asks for
+# 48 GiB of weights; a 8192 px image cut into 1 px patches, 2**26 tokens): refused by size, before torch allocates.
+MAX_PARAMS = 2_000_000_000  # LITv2-B has 87 M; ViT-G 1.8 G
+MAX_STAGE_VALUES = 2**31  # one image's widest activation in a stage (tokens x channels)
+MAX_ATTENDED_TOKENS = 2**20  # tokens of a stage with attention (its cost grows with their square)
 
 
 def _finite(value: Any) -> bool:
@@ -213,7 +220,34 @@ class ArchConfig:
                 if too_big:
                     raise ConfigError(f"{where}.{too_big}")
             self._validate_mixer(where, s, h, w)
+            if MIXERS[s.mixer].attention and h * w > MAX_ATTENDED_TOKENS:
+                raise ConfigError(f"{where} attends over {h}x{w} tokens, more than the {MAX_ATTENDED_TOKENS:,} "
+                                  f"hilonas builds (attention grows with their square): use a smaller img_size, a "
+                                  f"larger patch_size or mixer: none in this stage")
+            values = h * w * max(s.dim, self.hidden_dim(i))
+            if values > MAX_STAGE_VALUES:
+                raise ConfigError(f"{where} holds {h}x{w} tokens of width {max(s.dim, self.hidden_dim(i))} "
+                                  f"({values:.3g} values per image, more than the {MAX_STAGE_VALUES:.3g} hilonas "
+                                  "builds): use a smaller img_size, a larger patch_size or a narrower stage")
+        params = self.approx_params()
+        if params > MAX_PARAMS:
+            raise ConfigError(f"the architecture has about {params / 1e9:.1f} G parameters, more than the "
+                              f"{MAX_PARAMS / 1e9:g} G hilonas builds (LITv2-B has 87 M): use smaller dims, "
+                              "mlp_ratio or depths")
         return self
+
+    def approx_params(self) -> int:
+        """The parameter count, roughly (linear and conv weights of the stem, merges, FFNs and attention's q/k/v/output
+        projections: LITv2 within 1%, FasterViT and EfficientViT about 30% under), to refuse a network far too large
+        to build before torch allocates it."""
+        total = self.in_chans * self.patch_size ** 2 * self.embed_dims[0]
+        for i, s in enumerate(self.stages()):
+            if i:
+                total += 4 * self.embed_dims[i - 1] * s.dim
+            hidden = self.hidden_dim(i)
+            block = 2 * s.dim * hidden + 9 * hidden + (4 * s.dim * s.dim if MIXERS[s.mixer].attention else 0)
+            total += s.depth * block
+        return total + self.embed_dims[-1] * self.num_classes
 
     def _validate_mixer(self, where: str, s: Stage, h: int, w: int) -> None:
         """The checks a stage's mixer row asks for: heads dividing the width, a window that tiles or fits the map."""
@@ -333,7 +367,7 @@ def load_yaml(text: str, source: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass: plain data only
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -342,6 +376,28 @@ def load_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise ConfigError(f"{source}: the YAML nests too deeply to read: a config is a mapping of stages and "
                           "fields, a few levels deep") from None
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader refusing a key written twice in one mapping: PyYAML keeps the last one silently, so a
+    duplicated ``img_size:`` or ``dim:`` would change the network without a word. Keys merged in with ``<<:``
+    may still be overridden, as YAML intends."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} appears twice in one mapping: keep one", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 # The named LITv2 variants (REFERENCE.md section 2), as data only.
@@ -389,7 +445,7 @@ def resolve_arch(config_or_name: ArchConfig | str | Path | dict) -> ArchConfig:
     if text in VARIANTS:
         return VARIANTS[text]
     path = Path(text)
-    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+    if path.suffix in (".yaml", ".yml", ".json") or os.path.lexists(path):  # lexists: never raises
         return ArchConfig.load(path)
     raise ConfigError(f"{text!r} is neither a known variant ({', '.join(VARIANTS)}) nor a config file: "
                       "give a variant name or the path of a YAML config")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,12 +40,18 @@ def read_text(path: str | Path, what: str, *, error: type[HilonasError] = Hilona
 
     Raises:
         HilonasError (``error``): one line naming ``what``, the path and the fix when the file is missing, a folder,
-            unreadable, larger than :data:`MAX_TEXT_BYTES` or not UTF-8 text (a binary file).
+            unreadable (a name too long, a symlink loop, no permission), a named pipe nothing was written to (never
+            a hang), larger than :data:`MAX_TEXT_BYTES` or not UTF-8 text (a binary file).
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK only for the open: a named pipe with no writer would block open() forever (it then reads as
+        # empty); reads block again as usual, so a pipe that is being written is read whole.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as fh:  # owns fd from here (a folder is refused here, fd closed)
+            os.set_blocking(fd, True)
             data = fh.read(MAX_TEXT_BYTES + 1)
+            pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
     except FileNotFoundError:
         raise error(f"{what} {path} cannot be read (it does not exist): check the path") from None
     except IsADirectoryError:
@@ -52,6 +59,8 @@ def read_text(path: str | Path, what: str, *, error: type[HilonasError] = Hilona
     except OSError as err:
         raise error(f"{what} {path} cannot be read ({err.strerror or err}): check the path and its "
                     "permissions") from None
+    if pipe and not data:
+        raise error(f"{what} {path} is a named pipe nothing was written to: give a regular file")
     if len(data) > MAX_TEXT_BYTES:
         raise error(f"{what} {path} is larger than {MAX_TEXT_BYTES // 2**20} MiB: give a text file of the right "
                     "kind (is this the right path?)")

@@ -538,7 +538,8 @@ def read_pruning_source(folder: str | Path) -> PruningSource:
     if (folder / ARCH_FILE).is_file():
         doc = load_yaml(read_text(folder / ARCH_FILE, "export file"), str(folder / ARCH_FILE))
         arch = ArchConfig.from_dict(doc).validate()
-        provenance = dict(doc.get("provenance") or {}) if isinstance(doc, dict) else {}
+        found = doc.get("provenance") if isinstance(doc, dict) else None
+        provenance = dict(found) if isinstance(found, dict) else {}  # a hand-edited file: not a mapping, ignored
         trained = provenance.get("weights") if isinstance(provenance.get("weights"), dict) else {}
         data, resolution = trained.get("data"), trained.get("resolution")
         if data is None:

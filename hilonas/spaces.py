@@ -16,6 +16,7 @@ so every sample is a valid architecture (checked when the space is loaded). Samp
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -85,7 +86,9 @@ class SearchSpace:
         path = Path(text)
         shipped = packaged_spaces()
         stem = text[:-5] if text.endswith(".yaml") else text
-        if path.is_file() or (path.exists() and stem not in shipped):
+        # os.path, not Path: it answers False instead of raising for a name too long or a symlink loop, and
+        # lexists lets read_text say what is wrong with a dangling link or a loop.
+        if os.path.isfile(path) or (os.path.lexists(path) and stem not in shipped):
             source, raw = str(path), read_text(path, "space file", error=ConfigError)
         elif stem in shipped and "/" not in text:
             source, raw = f"search_spaces/{stem}.yaml", shipped[stem].read_text(encoding="utf-8")

@@ -161,7 +161,7 @@ def dump(doc) -> str:
 RAW_FILES = st.one_of(st.binary(max_size=200), WORDS.map(str.encode),
                       st.text(max_size=60).map(lambda t: t.encode("utf-8", "surrogatepass")),
                       st.sampled_from([b"", b"- 1\n- 2\n", b"[[[[[[[[", b"{a: 1", b"\xff\xfe\x00b\x00", b"\x00\x01",
-                                       b"!!python/object:os.system {}", b"stages: !!binary aGVsbG8=",
+                                       b"!!python/object:os.system {}", b"stages: !!binary aGVsbG8=", b"a: 1\na: 2\n",
                                        b"[" * 200 + b"]" * 200, b"a: &x [*x]"]))
 
 
@@ -265,8 +265,9 @@ def bad_tables(draw) -> bytes:
 @settings(max_examples=100, **FUZZ)
 @given(st.lists(bad_tables(), min_size=1, max_size=3), st.booleans(), st.booleans())
 def test_fuzz_latency_tables(files, folder_named_json, as_json):
-    """``hardware --tables DIR`` with corrupt tables beside each other (and a folder named like a table): it lists
-    each as unusable or matching, never fails."""
+    """``hardware --tables DIR`` with corrupt tables beside each other (and a folder, a named pipe and JSON nested
+    past Python's recursion limit, all named like tables): it lists each as unusable or matching, never fails (nor
+    blocks on the pipe)."""
     with scratch() as root:
         tables = root / "tables"
         tables.mkdir()
@@ -274,6 +275,8 @@ def test_fuzz_latency_tables(files, folder_named_json, as_json):
             (tables / f"t{i}.json").write_bytes(data)
         if folder_named_json:
             (tables / "folder.json").mkdir()
+            os.mkfifo(tables / "pipe.json")
+            (tables / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
         before = files_under(root)
         result = run("hardware", "--tables", str(tables), *(["--json"] if as_json else []))
         assert_clean_exit(result)
@@ -298,7 +301,8 @@ COUNTS = {("search",): ("--trials", "--workers", "--steps", "--batch-size", "--r
 NUMBERS = {("train", "litv2_s"): ("--epochs", "--lr"), ("search",): ("--epochs", "--max-latency-ms"),
            ("export", "nostudy"): ("--epochs", "--max-latency-ms"),
            ("bench", "proxy"): ("--epochs", "--reference-factor"), ("bench", "attention"): ("--alpha",)}
-BAD_NUMBERS = {"--alpha": ["-0.5", "1.5", "2"]}  # alpha is in [0, 1]; the others must be > 0
+BAD_NUMBERS = {"--alpha": ["-0.5", "1.5", "2"], "--lr": ["-0.5", "0", "11", "1e300"],  # alpha in [0, 1]; lr <= 10
+               "--epochs": ["-0.5", "0", "-1e300", "1e300", "100001"]}  # epochs <= 100000; the others must be > 0
 NOT_A_NUMBER = st.text(alphabet="abcxyz .,:+", min_size=1, max_size=6)  # no digit: never parses as a number
 
 
@@ -343,15 +347,21 @@ FOLDER_OUTPUTS = [("train", "litv2_s", "--out"), ("export", "nostudy", "--out")]
 
 
 @settings(max_examples=40, **FUZZ)
-@given(st.sampled_from(FILE_OUTPUTS + FOLDER_OUTPUTS), st.sampled_from(["folder", "under_file", "file"]))
+@given(st.sampled_from(FILE_OUTPUTS + FOLDER_OUTPUTS),
+       st.sampled_from(["folder", "under_file", "file", "pipe", "loop", "too_long"]))
 def test_fuzz_output_paths(target, kind):
-    """A folder where a file is written, a file where a folder is, or a path under a file: one line, nothing
-    written. (A file where a file is written is allowed: it is replaced.)"""
+    """A folder where a file is written, a file where a folder is, a path under a file, a named pipe, a symlink loop
+    or a name too long for the file system: one line, nothing written. (A file where a file is written is allowed:
+    it is replaced.)"""
     *command, option = target
     with scratch() as root:
         (root / "taken").mkdir()
         (root / "file.txt").write_text("keep me\n")
-        path = {"folder": root / "taken", "under_file": root / "file.txt" / "x", "file": root / "file.txt"}[kind]
+        os.mkfifo(root / "pipe")
+        os.symlink(root / "loop2", root / "loop")
+        os.symlink(root / "loop", root / "loop2")
+        path = {"folder": root / "taken", "under_file": root / "file.txt" / "x", "file": root / "file.txt",
+                "pipe": root / "pipe", "loop": root / "loop", "too_long": root / ("n" * 300)}[kind]
         if kind == "file" and target in FILE_OUTPUTS:  # a file may be replaced: put it under a file instead
             path = root / "file.txt" / "y.csv"
         if kind == "folder" and target in FOLDER_OUTPUTS:  # an empty folder is a fine output folder: use a file

@@ -8,6 +8,7 @@ prints it as one line on stderr and exits with status 2.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Any, Optional
 
@@ -52,6 +53,25 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         _command().main(args=argv, prog_name="hilonas", standalone_mode=True)
     except HilonasError as err:
-        message = " ".join(str(err).split())  # one line, whatever the message holds
-        typer.echo(f"error: {message}", err=True)
-        sys.exit(ERROR_EXIT_CODE)
+        _fail(str(err))
+    except (MemoryError, RuntimeError) as err:
+        # Running out of memory is the size the user asked for (dims, img_size, batch) meeting this machine, not a
+        # bug: one line. Any other RuntimeError is a bug and keeps its traceback.
+        if not _out_of_memory(err):
+            raise
+        what = re.search(r"tried to allocate ([\d.]+ ?[KMGT]?i?B|\d+ bytes)", str(err))
+        _fail(f"out of memory{f' (tried to allocate {what.group(1)})' if what else ''}: the network, image size or "
+              "batch is too large for this machine: use smaller dims, depths, --img-size/--resolution or --batch")
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """True for torch's and Python's ways of saying an allocation failed (CPU and CUDA)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the message holds
+    sys.exit(ERROR_EXIT_CODE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ __all__ = ["DEFAULT_SPACE", "DEFAULT_TARGET", "DEFAULT_TRIALS", "DEFAULT_WORKERS
            "json_option", "tables_option", "runs_option", "storage_option", "space_option", "target_option",
            "dtype_option", "runtime_option", "threads_option", "batch_option", "resolution_option", "data_option",
            "seed_option", "count_option", "number_option", "output_file_option", "output_folder_option", "SEED_LIMIT",
-           "max_threads"]
+           "MAX_LR", "MAX_EPOCHS", "max_threads"]
 
 DEFAULT_SPACE = "litv2_tiny"  # the CPU-sized shipped space
 DEFAULT_TARGET = "cpu"
@@ -31,6 +32,8 @@ DEFAULT_WORKERS = 2  # trials evaluated at once
 DEFAULT_RESOLUTION = 224  # latency resolution when there is no space to take it from
 DEFAULT_PROXY_RESOLUTION = 32  # proxy training resolution
 SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what numpy, Python's random and Optuna's samplers all accept
+MAX_LR = 10.0  # a learning rate above this only diverges; far above it (1e300) overflows torch's float32 tensors
+MAX_EPOCHS = 100_000.0  # beyond any real budget; 1e300 epochs overflowed the step count or trained forever
 
 
 def echo_json(obj: Any) -> None:
@@ -101,11 +104,25 @@ def number_option(default: Any, *flags: str, help: str, minimum: float = 0.0, st
     return typer.Option(default, *flags, help=help, callback=check)
 
 
+def _stat_or_none(flag: str, path: Path) -> Optional[os.stat_result]:
+    """``os.stat(path)``, None when nothing is there; any other reason the path cannot be looked at (a name too long,
+    a symlink loop, a folder without permission) is one line naming the option."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise HilonasError(f"{flag} {path}: {err.strerror or err}: choose another path") from None
+
+
 def _check_parents(flag: str, path: Path) -> None:
     """The nearest existing folder above ``path`` must be a folder and writable (a file cannot be written under a
     file, nor in a read-only folder)."""
+    if not str(path).strip():
+        raise HilonasError(f"{flag} is empty: give a path")
+    _stat_or_none(flag, path)
     for parent in path.parents:
-        if parent.exists():
+        if _stat_or_none(flag, parent) is not None:
             if not parent.is_dir():
                 raise HilonasError(f"{flag} {path}: {parent} is a file, not a folder: choose another path")
             if not os.access(parent, os.W_OK):
@@ -115,16 +132,21 @@ def _check_parents(flag: str, path: Path) -> None:
 
 def _output_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     if value is not None:
-        if value.is_dir():
+        if os.path.isdir(value):
             raise HilonasError(f"{_flag(param)} {value} is a folder: give the path of a file to write (a new name "
                                "inside it, for instance)")
+        found = _stat_or_none(_flag(param), value)
+        # The file is written beside and renamed over the old one: that would replace a device or a pipe itself.
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            raise HilonasError(f"{_flag(param)} {value} is not a regular file (a device, a pipe or a socket): give "
+                               "the path of a file to write")
         _check_parents(_flag(param), value)
     return value
 
 
 def _output_folder(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     if value is not None:
-        if value.exists() and not value.is_dir():
+        if os.path.exists(value) and not os.path.isdir(value):
             raise HilonasError(f"{_flag(param)} {value} is a file: give a folder to write into")
         _check_parents(_flag(param), value)
     return value
@@ -144,12 +166,24 @@ def json_option(help: str = "print one JSON object") -> Any:
     return typer.Option(False, "--json", help=help)
 
 
+def _folder(param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
+    """A folder hilonas reads and may create: refused when a file (or anything but a folder) stands there."""
+    if value is not None:
+        if not value.strip():
+            raise HilonasError(f"{_flag(param)} is empty: give a folder")
+        found = _stat_or_none(_flag(param), Path(value))
+        if found is not None and not stat.S_ISDIR(found.st_mode):
+            raise HilonasError(f"{_flag(param)} {value} is a file, not a folder: give a folder (it is created when "
+                               "missing)")
+    return value
+
+
 def tables_option(help: str = "folder of latency tables") -> Any:
-    return typer.Option(DEFAULT_TABLES_DIR, help=help)
+    return typer.Option(DEFAULT_TABLES_DIR, help=help, callback=_folder)
 
 
 def runs_option() -> Any:
-    return typer.Option(DEFAULT_RUNS_DIR, help="folder of studies")
+    return typer.Option(DEFAULT_RUNS_DIR, help="folder of studies", callback=_folder)
 
 
 def storage_option() -> Any:

@@ -9,6 +9,7 @@ import typer
 
 from hilonas.cli._common import (
     DEFAULT_PROXY_RESOLUTION,
+    MAX_EPOCHS,
     batch_option,
     count_option,
     data_option,
@@ -79,12 +80,17 @@ def bench_attention(batch: int = count_option(64, help="images per forward"),
 
 
 def _extra_epochs(text: str) -> list[float]:
-    try:
-        return [float(e) for e in text.split(",") if e.strip()]
-    except ValueError:
-        from hilonas.errors import HilonasError
+    from hilonas.errors import HilonasError
 
+    try:
+        epochs = [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
         raise HilonasError(f"--extra-epochs={text!r} must be comma-separated numbers, e.g. 0.5,1,4") from None
+    for e in epochs:
+        if not 0 < e <= MAX_EPOCHS:  # also nan
+            raise HilonasError(f"--extra-epochs={text!r}: {e:g} is out of range: give epochs > 0 and <= "
+                               f"{MAX_EPOCHS:g}, e.g. 0.5,1,4")
+    return epochs
 
 
 @app.command("proxy")
@@ -94,7 +100,7 @@ def bench_proxy(space: str = space_option(),
                 data: Optional[str] = data_option(),
                 resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="proxy resolution"),
                 epochs: Optional[float] = number_option(None, help="default proxy budget in epochs (default: "
-                                                        "ProxyBudget's)"),
+                                                        "ProxyBudget's)", maximum=MAX_EPOCHS),
                 reference_factor: Optional[float] = number_option(None, help="the reference trains this many times "
                                                                   "longer (default 10: the promotion budget)"),
                 reference_seeds: int = count_option(1, help="reference runs per architecture (mean accuracy)"),

@@ -9,6 +9,8 @@ import typer
 from hilonas.cli._common import (
     DEFAULT_PROXY_RESOLUTION,
     DEFAULT_RUNS_DIR,
+    MAX_EPOCHS,
+    MAX_LR,
     count_option,
     data_option,
     dtype_option,
@@ -54,11 +56,12 @@ def flops(config: str = typer.Argument(..., help="variant name (litv2_s, litv2_m
 
 def train(config: str = typer.Argument(..., help="variant name or a config YAML (an exported file too)"),
           data: Optional[str] = data_option(),
-          epochs: float = number_option(DEFAULT_TRAIN_EPOCHS, help="passes over the training split"),
+          epochs: float = number_option(DEFAULT_TRAIN_EPOCHS, help="passes over the training split",
+                                        maximum=MAX_EPOCHS),
           resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="training resolution"),
           seed: int = seed_option("initialisation, split and batch order"),
           batch_size: int = count_option(64, help="images per training step"),
-          lr: float = number_option(2e-3, help="peak AdamW learning rate"),
+          lr: float = number_option(2e-3, help="peak AdamW learning rate", maximum=MAX_LR),
           threads: int = threads_option("torch threads"),
           device: str = typer.Option("cpu", help="cpu or cuda"),
           out: Path = output_folder_option(DEFAULT_TRAIN_OUT, "folder for weights.safetensors, config.yaml, "

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from hilonas.cli._common import (
+    MAX_LR,
     count_option,
     echo_json,
     json_option,
@@ -49,7 +50,8 @@ def prune(export_dir: Path = typer.Argument(..., help="a folder written by `hilo
           out: Optional[Path] = output_folder_option(None, "new folder (default: EXPORT_DIR-pruned-sNN beside it)"),
           data: Optional[str] = typer.Option(None, help="dataset for accuracy and fine-tuning (default: the one the "
                                              "weights were trained on)"),
-          lr: float = number_option(2e-4, help="peak fine-tuning learning rate (AdamW, cosine decay)"),
+          lr: float = number_option(2e-4, help="peak fine-tuning learning rate (AdamW, cosine decay)",
+                                    maximum=MAX_LR),
           batch_size: int = count_option(64, help="images per fine-tuning step"),
           seed: int = seed_option("fine-tuning batch order"),
           threads: int = threads_option("torch threads for pruning and fine-tuning"),

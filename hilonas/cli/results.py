@@ -8,6 +8,7 @@ import typer
 
 from hilonas.cli._common import (
     DEFAULT_RUNS_DIR,
+    MAX_EPOCHS,
     count_option,
     echo_json,
     json_option,
@@ -128,7 +129,8 @@ def export(study: str = typer.Argument(..., help="study name"),
            out: Optional[Path] = output_folder_option(None, f"new folder (default {DEFAULT_RUNS_DIR}/<study>/"
                                                       "export-trial<N>)"),
            weights: bool = typer.Option(False, "--weights", help="train with the proxy trainer and save weights"),
-           epochs: Optional[float] = number_option(None, help="epochs for --weights (default: the study's budget)"),
+           epochs: Optional[float] = number_option(None, help="epochs for --weights (default: the study's budget)",
+                                                   maximum=MAX_EPOCHS),
            onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked with onnxruntime"),
            no_measure: bool = typer.Option(False, "--no-measure", help="skip re-measuring the latency"),
            no_probe: bool = no_probe_option(),

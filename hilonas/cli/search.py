@@ -10,6 +10,7 @@ from hilonas.cli._common import (
     DEFAULT_RUNS_DIR,
     DEFAULT_TRIALS,
     DEFAULT_WORKERS,
+    MAX_EPOCHS,
     count_option,
     data_option,
     dtype_option,
@@ -65,7 +66,8 @@ def search(space: str = space_option(),
            latency_margin: Optional[str] = typer.Option(
                None, help="auto (the table's validated p90 error) or a fraction, e.g. 0.05: a trial is feasible only "
                "if its predicted latency x (1 + margin) <= --max-latency-ms"),
-           epochs: Optional[float] = number_option(None, help="proxy budget in epochs (default: the proxy's)"),
+           epochs: Optional[float] = number_option(None, help="proxy budget in epochs (default: the proxy's)",
+                                                   maximum=MAX_EPOCHS),
            steps: Optional[int] = count_option(None, help="proxy budget in optimizer steps (overrides --epochs)"),
            batch_size: Optional[int] = count_option(None, help="proxy training batch size"),
            resolution: int = count_option(DEFAULT_PROXY_RESOLUTION,

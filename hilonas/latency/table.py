@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hilonas.errors import HilonasError
-from hilonas.io import DEFAULT_TABLES_DIR, atomic_write
+from hilonas.io import DEFAULT_TABLES_DIR, atomic_write, read_text
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.keys import BlockKey
 
@@ -149,13 +150,10 @@ class LatencyTable:
 
     @classmethod
     def _parse(cls, path: Path) -> tuple[Fingerprint, dict, dict | None, dict, dict]:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise HilonasError(f"latency table {path} does not exist: build it with `hilonas latency build`") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise HilonasError(f"latency table {path} cannot be read ({err}): check the path and permissions") from None
-        return cls._parse_text(text, path)
+        if not os.path.lexists(path):  # os.path: no OSError for a name too long
+            raise HilonasError(f"latency table {path} does not exist: build it with `hilonas latency build`")
+        # read_text: one line for a folder, a named pipe (a plain read blocked on it), a binary or a huge file
+        return cls._parse_text(read_text(path, "latency table"), path)
 
     @staticmethod
     def _parse_text(text: str, path: Path) -> tuple[Fingerprint, dict, dict | None, dict, dict]:
@@ -167,6 +165,8 @@ class LatencyTable:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise corrupt(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        except RecursionError:
+            raise corrupt("its JSON nests too deeply to read") from None
         if not isinstance(data, dict):
             raise corrupt("the top level is not an object")
         if data.get("schema") != SCHEMA:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -120,6 +121,7 @@ class LocalExecutor(Executor):
         self._running: set[int] = set()
         self._next = 0
         self._changed = threading.Condition()
+        self._threads: list[threading.Thread] = []
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> int:
         with self._changed:
@@ -135,8 +137,10 @@ class LocalExecutor(Executor):
             handle = handles[0]
             fn, args = self._pending.pop(handle)
             self._running.add(handle)
-        threading.Thread(target=self._run, args=(handle, fn, args), daemon=True,
-                         name=f"hilonas-local-trial-{handle}").start()
+        thread = threading.Thread(target=self._run, args=(handle, fn, args), daemon=True,
+                                  name=f"hilonas-local-trial-{handle}")
+        self._threads.append(thread)
+        thread.start()
         with self._changed:
             while handle not in self._done:
                 self._changed.wait(0.2)  # short waits: Ctrl-C reaches this thread
@@ -176,3 +180,13 @@ class LocalExecutor(Executor):
                 self._running.discard(handle)
                 self._done[handle] = (False, "cancelled")
                 self._changed.notify_all()
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Wait (up to ``grace`` seconds in all) for cancelled evaluations still running in the background: a thread
+        inside torch when the interpreter exits aborts the process (``terminate called without an active
+        exception``, exit status 134) instead of letting it exit with its own status. A truly stuck evaluation is
+        not waited for longer (the search is over; its result would be dropped)."""
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 import warnings
@@ -319,8 +320,9 @@ def list_studies(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[dict[str, Any]
 def load_existing(name: str, storage_url: str | None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> optuna.Study:
     """Load a study for reading (results, pareto, export); one clear line when it is not there."""
     url = storage_url or default_storage(name, runs_dir)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        known = ", ".join(s["study"] for s in list_studies(runs_dir)) if Path(runs_dir).is_dir() else ""
+    # os.path: False, not OSError, for a name too long for the file system
+    if url.startswith("sqlite:///") and not os.path.isfile(url[len("sqlite:///"):]):
+        known = ", ".join(s["study"] for s in list_studies(runs_dir)) if os.path.isdir(runs_dir) else ""
         raise HilonasError(f"study {name!r} not found ({url[len('sqlite:///'):]} does not exist; studies in "
                            f"{runs_dir}/: {known or 'none'}): check the name or pass --storage")
     storage = open_storage(url, create_dir=False)
