@@ -358,3 +358,15 @@ def test_tables_or_runs_folder_that_is_a_file(capsys, tmp_path, args):
     path = write(tmp_path / "f.yaml", "keep")
     assert_one_line_error(run(capsys, *args, path), args[-1], "is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.yaml"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("latency", "validate", "--n", "100000"), "--n=100000"),
+    (("latency", "build", "--rounds", "99999999999999999999"), "--rounds=99999999999999999999"),
+    (("latency", "build", "--batch", "100000"), "--batch=100000"),
+    (("bench", "proxy", "--n", "100000"), "--n=100000"),
+    (("search", "--trials", "1000001"), "--trials=1000001"),
+])
+def test_counts_too_large_to_ever_finish_are_refused(capsys, args, needle):
+    """A count so large the run would never end (or a batch that exhausts memory) is one line, before any work."""
+    assert_one_line_error(run(capsys, *args), needle, "out of range")

@@ -92,9 +92,13 @@ def seed_option(help: str = "random seed") -> Any:
                         callback=_int_range(0, lambda: SEED_LIMIT - 1, "a seed"))
 
 
-def count_option(default: Any, *flags: str, help: str, minimum: int = 1) -> Any:
-    """An integer option that must be >= ``minimum`` (None as default: optional)."""
-    return typer.Option(default, *flags, help=help, callback=_int_range(minimum, None, "an integer"))
+COUNT_MAX = 1_000_000  # no count a command takes is sensibly larger: beyond it a run would never end
+BATCH_MAX = 4096  # images in one forward or training step (more only exhausts memory: the OS kills the process)
+
+
+def count_option(default: Any, *flags: str, help: str, minimum: int = 1, maximum: int = COUNT_MAX) -> Any:
+    """An integer option from ``minimum`` to ``maximum`` (None as default: optional)."""
+    return typer.Option(default, *flags, help=help, callback=_int_range(minimum, lambda: maximum, "an integer"))
 
 
 def number_option(default: Any, *flags: str, help: str, minimum: float = 0.0, strictly: bool = True,
@@ -215,7 +219,7 @@ def threads_option(help: str = "CPU threads", default: int = 1) -> Any:
 
 
 def batch_option() -> Any:
-    return count_option(1, help="images per forward")
+    return count_option(1, help="images per forward", maximum=BATCH_MAX)
 
 
 def resolution_option() -> Any:

@@ -8,6 +8,8 @@ from typing import Any, Optional
 import typer
 
 from hilonas.cli._common import (
+    BATCH_MAX,
+    COUNT_MAX,
     DEFAULT_PROXY_RESOLUTION,
     MAX_EPOCHS,
     batch_option,
@@ -48,7 +50,7 @@ def _emit(result: Any, as_json: bool, fmt: Callable[[Any], str]) -> None:
 
 
 @app.command("attention", epilog=_ATTENTION_EPILOG)
-def bench_attention(batch: int = count_option(64, help="images per forward"),
+def bench_attention(batch: int = count_option(64, help="images per forward", maximum=BATCH_MAX),
                     tokens: int = count_option(14, help="token map side (tokens x tokens)"),
                     dim: int = count_option(768, help="channel width"),
                     heads: int = count_option(12, help="attention heads"),
@@ -95,7 +97,7 @@ def _extra_epochs(text: str) -> list[float]:
 
 @app.command("proxy")
 def bench_proxy(space: str = space_option(),
-                n: int = count_option(16, help="architectures to sample"),
+                n: int = count_option(16, help="architectures to sample", maximum=10_000),
                 seed: int = seed_option("sampling, split, initialisation and batch order"),
                 data: Optional[str] = data_option(),
                 resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="proxy resolution"),
@@ -156,7 +158,7 @@ def bench_latency(space: str = space_option(),
                   batch: int = batch_option(),
                   resolution: Optional[int] = resolution_option(),
                   tables: str = tables_option(),
-                  archs: int = count_option(2000, help="architectures to predict"),
+                  archs: int = count_option(2000, help="architectures to predict", maximum=100 * COUNT_MAX),
                   measure: int = count_option(3, help="networks to measure whole for the ratio"),
                   as_json: bool = json_option()) -> None:
     """Microseconds per latency prediction from a loaded table, against measuring the network."""

@@ -151,8 +151,8 @@ def latency_build(space: str = space_option(),
                   recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
                   calib_networks: int = count_option(DEFAULT_CALIB_NETWORKS, minimum=0,
                                                      help="whole networks measured for the calibration (0: none)"),
-                  repeats: Optional[int] = count_option(None, help="timed calls per pass (default 12)"),
-                  rounds: Optional[int] = count_option(None, help="passes over all blocks (default 20)"),
+                  repeats: Optional[int] = count_option(None, help="timed calls per pass (default 12)", maximum=10_000),
+                  rounds: Optional[int] = count_option(None, help="passes over all blocks (default 20)", maximum=1000),
                   as_json: bool = json_option()) -> None:
     """Measure every block of a space on this machine into its latency table, then fit the calibration."""
     fp, sp = fingerprint_for(target, threads, batch, resolution, space, dtype=dtype, runtime=runtime)
@@ -187,7 +187,8 @@ def _validate(sp: Any, fp: Any, n: int, seed: int, tables: str, table: Optional[
 
 @app.command("validate")
 def latency_validate(space: str = space_option(),
-                     n: int = count_option(DEFAULT_VALIDATE_N, "--n", help="random networks to measure"),
+                     n: int = count_option(DEFAULT_VALIDATE_N, "--n", help="random networks to measure",
+                                           maximum=10_000),
                      seed: int = seed_option("sampling seed"),
                      target: str = target_option(),
                      dtype: str = dtype_option(),

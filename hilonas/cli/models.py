@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from hilonas.cli._common import (
+    BATCH_MAX,
     DEFAULT_PROXY_RESOLUTION,
     DEFAULT_RUNS_DIR,
     MAX_EPOCHS,
@@ -60,7 +61,7 @@ def train(config: str = typer.Argument(..., help="variant name or a config YAML 
                                         maximum=MAX_EPOCHS),
           resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="training resolution"),
           seed: int = seed_option("initialisation, split and batch order"),
-          batch_size: int = count_option(64, help="images per training step"),
+          batch_size: int = count_option(64, help="images per training step", maximum=BATCH_MAX),
           lr: float = number_option(2e-3, help="peak AdamW learning rate", maximum=MAX_LR),
           threads: int = threads_option("torch threads"),
           device: str = typer.Option("cpu", help="cpu or cuda"),

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from hilonas.cli._common import (
+    BATCH_MAX,
     MAX_LR,
     count_option,
     echo_json,
@@ -52,7 +53,7 @@ def prune(export_dir: Path = typer.Argument(..., help="a folder written by `hilo
                                              "weights were trained on)"),
           lr: float = number_option(2e-4, help="peak fine-tuning learning rate (AdamW, cosine decay)",
                                     maximum=MAX_LR),
-          batch_size: int = count_option(64, help="images per fine-tuning step"),
+          batch_size: int = count_option(64, help="images per fine-tuning step", maximum=BATCH_MAX),
           seed: int = seed_option("fine-tuning batch order"),
           threads: int = threads_option("torch threads for pruning and fine-tuning"),
           no_measure: bool = typer.Option(False, "--no-measure", help="skip re-measuring the latency"),

@@ -6,6 +6,7 @@ from typing import Optional
 import typer
 
 from hilonas.cli._common import (
+    BATCH_MAX,
     DEFAULT_PROXY_RESOLUTION,
     DEFAULT_RUNS_DIR,
     DEFAULT_TRIALS,
@@ -69,7 +70,7 @@ def search(space: str = space_option(),
            epochs: Optional[float] = number_option(None, help="proxy budget in epochs (default: the proxy's)",
                                                    maximum=MAX_EPOCHS),
            steps: Optional[int] = count_option(None, help="proxy budget in optimizer steps (overrides --epochs)"),
-           batch_size: Optional[int] = count_option(None, help="proxy training batch size"),
+           batch_size: Optional[int] = count_option(None, help="proxy training batch size", maximum=BATCH_MAX),
            resolution: int = count_option(DEFAULT_PROXY_RESOLUTION,
                                           help="proxy training resolution (latency uses the space's img_size)"),
            seed: int = seed_option("sampler and training seed"),
