@@ -18,18 +18,37 @@ class Interrupt(Exception):
     pass
 
 
-def test_interrupted_build_resumes_where_it_stopped(tmp_path, tiny_space, cpu_fp):
+KILL_AFTER_SIX = """
+import json, os, signal, sys
+from hilonas.latency.build import build_table
+from hilonas.latency.fingerprint import current_fingerprint
+from hilonas.spaces import SearchSpace
+space, fast, folder = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+seen = []
+def kill_after_six(key):
+    seen.append(key)
+    if len(seen) == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+build_table(SearchSpace.from_dict(space), current_fingerprint("cpu", threads=1, batch=1, resolution=32),
+            tables_dir=folder, progress=False, calib_networks=4, on_block=kill_after_six, **fast)
+"""
+
+
+def test_build_killed_mid_way_resumes_where_it_stopped(tmp_path, tiny_space, cpu_fp):
+    """kill -9 of the building process after six blocks: the table holds them (saved a group at a time, atomically),
+    and the next build measures only the rest."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from ..shared import TINY_SPACE
+
     keys = tiny_space.enumerate_blocks()
-    seen = []
-
-    def stop_after_six(key):
-        seen.append(key)
-        if len(seen) == 6:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4, on_block=stop_after_six,
-                    **FAST)
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_SIX, json.dumps(TINY_SPACE), json.dumps(FAST),
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written file (atomic_write's temporary) left beside the table
     saved = LatencyTable.open(cpu_fp, tmp_path)
     assert len(saved.entries) == 6 and saved.calibration is None  # two groups of three were saved
 
