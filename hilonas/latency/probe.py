@@ -40,7 +40,9 @@ __all__ = ["SpeedProbe", "probe_networks", "probe_blocks", "probe_speed", "warn_
            "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
 
 DEFAULT_PROBE_NETWORKS = 4
-DEFAULT_PROBE_BLOCKS = 8  # stored blocks re-timed per calibration group
+DEFAULT_PROBE_BLOCKS = 8  # stored blocks re-timed per calibration group, at most...
+MAX_PROBE_BLOCKS = 32  # ...this many in all: a table of many spaces has many groups, and a pass over its blocks
+#                        must stay a small part of the budget (64 blocks took a 20 s probe to 38 s)
 DEFAULT_PROBE_BUDGET_S = 20.0  # seconds a probe may take on CPU
 WARN_FACTOR = 0.15  # a factor further than this from 1 is printed as a warning
 _MIN_ROUNDS = 3
@@ -135,12 +137,14 @@ def probe_networks(table: LatencyTable, k: int = DEFAULT_PROBE_NETWORKS) -> list
 
 
 def probe_blocks(table: LatencyTable, per_group: int = DEFAULT_PROBE_BLOCKS) -> list[tuple[BlockKey, float]]:
-    """Up to ``per_group`` stored blocks of every calibration group, spanning the group's range of latencies, each
-    with its stored figure (ms)."""
+    """Up to ``per_group`` stored blocks of every calibration group (fewer when the groups are many: at most
+    :data:`MAX_PROBE_BLOCKS` in all, at least 2 per group), spanning the group's range of latencies, each with its
+    stored figure (ms)."""
     by_group: dict[str, list[tuple[BlockKey, float]]] = {}
     for kid in sorted(table.entries):
         key = table.key_of(kid)
         by_group.setdefault(block_group(key), []).append((key, table.latency_ms(key)))
+    per_group = min(per_group, max(2, MAX_PROBE_BLOCKS // max(1, len(by_group))))
     out: list[tuple[BlockKey, float]] = []
     for group in sorted(by_group):
         out += _spanning(sorted(by_group[group], key=lambda pair: (pair[1], pair[0].id)), per_group)

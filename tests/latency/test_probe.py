@@ -43,6 +43,29 @@ def test_probe_networks_span_the_table(tmp_path, cpu_fp):
     assert probe_mod.probe_speed(LatencyTable.open(cpu_fp, tmp_path / "empty")) is None  # nothing to probe with
 
 
+def test_probe_blocks_stay_few_when_the_table_holds_many_groups(tmp_path, cpu_fp):
+    """The mixers space's 100 blocks fall in 10 groups: at most MAX_PROBE_BLOCKS are re-timed, at least 2 a group
+    (the fastest and the slowest of each), where a one-group table keeps DEFAULT_PROBE_BLOCKS."""
+    from hilonas.latency.calibration import block_group
+    from hilonas.spaces import SearchSpace
+
+    table = LatencyTable.open(cpu_fp, tmp_path)
+    keys = SearchSpace.load("mixers").enumerate_blocks()
+    for i, key in enumerate(keys):
+        table.add(key, _timing(0.1 + i))
+    picked = probe_mod.probe_blocks(table)
+    groups = {block_group(k) for k in keys}
+    assert len(groups) == 10 and len(picked) <= probe_mod.MAX_PROBE_BLOCKS
+    per_group = {g: [ms for k, ms in picked if block_group(k) == g] for g in groups}
+    for g, got in per_group.items():
+        stored = [table.latency_ms(k) for k in keys if block_group(k) == g]
+        assert len(got) >= min(2, len(stored)) and min(got) == min(stored) and max(got) == max(stored), g
+    one = LatencyTable.open(cpu_fp, tmp_path / "one")
+    for i, key in enumerate(k for k in keys if block_group(k) == "block:hat"):
+        one.add(key, _timing(0.1 + i))
+    assert len(probe_mod.probe_blocks(one)) == probe_mod.DEFAULT_PROBE_BLOCKS
+
+
 def test_factor_is_the_median_ratio_and_is_recorded(tmp_path, cpu_fp, monkeypatch):
     table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
     now = {8: 1.5, 16: 2.4, 24: 4.4}  # by width: ratios 1.5, 1.2, 1.1
