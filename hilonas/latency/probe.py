@@ -24,7 +24,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.table import LatencyTable
 
 __all__ = ["SpeedProbe", "probe_networks", "probe_blocks", "probe_speed", "warn_factor", "speed_kwargs",
-           "fit_block_factors",
+           "fit_block_factors", "space_groups", "probe_groups",
            "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
 
 DEFAULT_PROBE_NETWORKS = 4
@@ -136,14 +136,30 @@ def probe_networks(table: LatencyTable, k: int = DEFAULT_PROBE_NETWORKS) -> list
     return _spanning(sorted(calibration_networks(table.calibration), key=lambda pair: pair[1]), k)
 
 
-def probe_blocks(table: LatencyTable, per_group: int = DEFAULT_PROBE_BLOCKS) -> list[tuple[BlockKey, float]]:
+def space_groups(space: Any, resolution: int) -> frozenset[str]:
+    """The calibration groups of the blocks ``space`` (a SearchSpace) runs at ``resolution``: what a probe for it
+    re-times (a table holding several spaces has groups this one never uses)."""
+    return frozenset(block_group(k) for k in space.at_resolution(resolution).enumerate_blocks())
+
+
+def probe_groups(arch: ArchConfig) -> frozenset[str]:
+    """The calibration groups of the blocks one network runs (what a probe for its prediction re-times)."""
+    from hilonas.latency.keys import arch_blocks
+
+    return frozenset(block_group(k) for k in arch_blocks(arch))
+
+
+def probe_blocks(table: LatencyTable, per_group: int = DEFAULT_PROBE_BLOCKS,
+                 groups: Collection[str] | None = None) -> list[tuple[BlockKey, float]]:
     """Up to ``per_group`` stored blocks of every calibration group (fewer when the groups are many: at most
     :data:`MAX_PROBE_BLOCKS` in all, at least 2 per group), spanning the group's range of latencies, each with its
-    stored figure (ms)."""
+    stored figure (ms). With ``groups``, only blocks of those groups."""
     by_group: dict[str, list[tuple[BlockKey, float]]] = {}
     for kid in sorted(table.entries):
         key = table.key_of(kid)
-        by_group.setdefault(block_group(key), []).append((key, table.latency_ms(key)))
+        group = block_group(key)
+        if groups is None or group in groups:
+            by_group.setdefault(group, []).append((key, table.latency_ms(key)))
     per_group = min(per_group, max(2, MAX_PROBE_BLOCKS // max(1, len(by_group))))
     out: list[tuple[BlockKey, float]] = []
     for group in sorted(by_group):
@@ -255,12 +271,13 @@ def _residual(table: LatencyTable, nets: list[ArchConfig], ratios: tuple[float, 
 
 def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks: int = DEFAULT_PROBE_NETWORKS,
                 blocks: int = DEFAULT_PROBE_BLOCKS, budget_s: float = DEFAULT_PROBE_BUDGET_S,
-                record: bool = True) -> SpeedProbe | None:
+                record: bool = True, groups: Collection[str] | None = None) -> SpeedProbe | None:
     """Re-time the table's probe blocks and networks on this machine (see the module docstring); None when the
     table has no calibration networks to probe with. Measures on ``fp`` (default: the table's own fingerprint) with
     the table's protocol (warm-up, repeats, chain, statistic) and as many passes as fit ``budget_s``
     (:data:`NETWORK_SHARE` of it for the networks, the rest for the blocks); ``blocks=0`` probes networks only (one
-    factor for everything).
+    factor for everything). ``groups``: re-time only blocks of these calibration groups (:func:`space_groups` of
+    the space, or the groups of the one network, the caller predicts); groups left out keep no factor of their own.
 
     With ``record`` the probe is appended to the table's probe history and saved (under the table's lock).
     """
@@ -272,7 +289,7 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     nets = probe_networks(table, networks)
     if not nets:
         return None
-    keys = probe_blocks(table, blocks) if blocks > 0 else []
+    keys = probe_blocks(table, blocks, groups) if blocks > 0 else []
     started = time.perf_counter()
     fp = fp or table.fingerprint
     # The networks first, exactly as the table timed its calibration networks (they set the level); then the

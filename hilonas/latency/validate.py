@@ -108,7 +108,7 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
     probes = list(cal_archs)[:drift_probes]
     archs = space.at_resolution(fp.resolution).sample_distinct(n, seed, exclude=set(cal_archs))
     _check_blocks(LatencyPredictor(table), archs)
-    speed = _start_probe(table, fp, probe, probe_budget_s)
+    speed = _start_probe(table, fp, probe, probe_budget_s, space)
     predictor = LatencyPredictor(table, **(speed.correction() if speed is not None else {}))
     merged = table_settings(table, settings)
     from hilonas.latency.measure import figure_ms, measure_archs
@@ -158,13 +158,16 @@ def _check_blocks(predictor: LatencyPredictor, archs: list[ArchConfig]) -> None:
             raise MissingBlockError(missing[0], predictor.table)
 
 
-def _start_probe(table: LatencyTable, fp: Fingerprint, probe: bool, budget_s: float | None) -> Any:
-    """The start-of-run speed probe (recorded in the table), or None when skipped or impossible."""
-    from hilonas.latency.probe import DEFAULT_PROBE_BUDGET_S, probe_speed, warn_factor
+def _start_probe(table: LatencyTable, fp: Fingerprint, probe: bool, budget_s: float | None,
+                 space: SearchSpace) -> Any:
+    """The start-of-run speed probe of the space's block groups (recorded in the table), or None when skipped or
+    impossible."""
+    from hilonas.latency.probe import DEFAULT_PROBE_BUDGET_S, probe_speed, space_groups, warn_factor
 
     if not probe:
         return None
-    speed = probe_speed(table, fp, budget_s=budget_s or DEFAULT_PROBE_BUDGET_S)
+    speed = probe_speed(table, fp, budget_s=budget_s or DEFAULT_PROBE_BUDGET_S,
+                        groups=space_groups(space, fp.resolution))
     warn_factor(speed.factor if speed is not None else None, table)
     return speed
 

@@ -326,17 +326,18 @@ STUDY_CORRECTION_ATTR = studies.CORRECTION_ATTR
 STUDY_PROBES_ATTR = studies.PROBES_ATTR
 
 
-def _probe_task(fingerprint: Fingerprint, tables_dir: str) -> dict[str, Any] | None:
-    """Runs where the target hardware is: the speed probe of its table (recorded there), as a dict."""
+def _probe_task(fingerprint: Fingerprint, groups: frozenset[str] | None, tables_dir: str) -> dict[str, Any] | None:
+    """Runs where the target hardware is: the speed probe of its table (recorded there) for the block ``groups``, as
+    a dict. The tables folder comes last, as in every task pinned to the target."""
     from hilonas.latency.probe import probe_speed
     from hilonas.latency.table import LatencyTable
 
-    probe = probe_speed(LatencyTable.open(fingerprint, tables_dir), fingerprint)
+    probe = probe_speed(LatencyTable.open(fingerprint, tables_dir), fingerprint, groups=groups)
     return probe.to_dict() if probe is not None else None
 
 
 def speed_correction(study: optuna.Study, table: LatencyTable, fingerprint: Fingerprint, executor: Executor,
-                     probe: bool) -> dict[str, Any]:
+                     probe: bool, space: SearchSpace | None = None) -> dict[str, Any]:
     """The correction this study's predictions use (``LatencyPredictor`` keyword arguments; see
     :mod:`hilonas.latency.probe`).
 
@@ -345,16 +346,17 @@ def speed_correction(study: optuna.Study, table: LatencyTable, fingerprint: Fing
     warning says when the machine moved by more than the probe's warning threshold since. ``probe=False`` takes no
     probe (no correction for a new study).
     """
-    from hilonas.latency.probe import WARN_FACTOR, probe_speed, warn_factor
+    from hilonas.latency.probe import WARN_FACTOR, probe_speed, space_groups, warn_factor
     from hilonas.latency.table import MAX_PROBES
 
     kept = study.user_attrs.get(STUDY_SPEED_ATTR)
     result = None
+    groups = space_groups(space, fingerprint.resolution) if space is not None else None
     if probe and executor.is_cluster:
-        result = executor.run_pinned(_probe_task, fingerprint, str(table.path.parent.resolve()),
+        result = executor.run_pinned(_probe_task, fingerprint, groups, str(table.path.parent.resolve()),
                                      resource=hardware_resource(fingerprint), cpus=fingerprint.threads)
     elif probe:
-        local = probe_speed(table, fingerprint)
+        local = probe_speed(table, fingerprint, groups=groups)
         result = local.to_dict() if local is not None else None
     if result is not None:
         history = list(study.user_attrs.get(STUDY_PROBES_ATTR, []))[-(MAX_PROBES - 1):] + [result]
@@ -666,7 +668,7 @@ def _run_opened(settings: SearchSettings, opened: OpenedSearch, progress: bool,
         table = prepare_table(opened.space, fingerprint, settings.tables_dir, executor, progress)
         margin = resolve_margin(settings.latency_margin, table)
         record_latency_error(opened.study, margin, table)
-        correction = speed_correction(opened.study, table, fingerprint, executor, settings.probe)
+        correction = speed_correction(opened.study, table, fingerprint, executor, settings.probe, opened.space)
         data_ref = executor.put(opened.data)
         executor.warm_up()
         view = _Progress(progress, settings.trials, executor.description)

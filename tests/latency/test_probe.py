@@ -60,6 +60,12 @@ def test_probe_blocks_stay_few_when_the_table_holds_many_groups(tmp_path, cpu_fp
     for g, got in per_group.items():
         stored = [table.latency_ms(k) for k in keys if block_group(k) == g]
         assert len(got) >= min(2, len(stored)) and min(got) == min(stored) and max(got) == max(stored), g
+    # A probe for one space (or one network) re-times only its groups: here, as many as fit in the cap.
+    chosen = probe_mod.probe_blocks(table, groups={"block:hat", "stem"})
+    assert {block_group(k) for k, _ in chosen} == {"block:hat", "stem"}
+    assert len([k for k, _ in chosen if block_group(k) == "block:hat"]) == probe_mod.DEFAULT_PROBE_BLOCKS
+    assert probe_mod.space_groups(SearchSpace.load("litv2_tiny"), 224) == {"stem", "merge", "head", "block:none",
+                                                                          "block:hilo"}
     one = LatencyTable.open(cpu_fp, tmp_path / "one")
     for i, key in enumerate(k for k in keys if block_group(k) == "block:hat"):
         one.add(key, _timing(0.1 + i))
