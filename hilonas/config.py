@@ -163,6 +163,40 @@ class ArchConfig:
         return int(round(self.embed_dims[i] * self.mlp_ratios[i]))
 
     # ------------------------------------------------------------------------------------------------ validation
+    def _validate_stage_fields(self, i: int, where: str, s: Any) -> None:
+        """Stage ``i``'s own fields in range (the mixer's geometry is checked by ``_validate_mixer``)."""
+        if s.depth < 1:
+            raise ConfigError(f"{where}.depth={s.depth} must be >= 1: remove the stage instead of giving it "
+                              "depth 0")
+        if s.dim < 1:
+            raise ConfigError(f"{where}.dim={s.dim} must be >= 1")
+        if s.mlp_ratio <= 0 or self.hidden_dim(i) < 1:
+            raise ConfigError(f"{where}.mlp_ratio={s.mlp_ratio} must be > 0 (LITv2 uses 4)")
+        if s.mixer not in MIXERS:
+            raise ConfigError(f"{where}.mixer={s.mixer!r} is unknown: use one of {', '.join(MIXERS)}")
+        if not 0.0 <= s.alpha <= 1.0:
+            raise ConfigError(f"{where}.alpha={s.alpha} is outside [0, 1]: alpha is the share of Lo-Fi heads "
+                              "(0 = all Hi-Fi, 1 = all Lo-Fi)")
+        if s.window < 1:
+            raise ConfigError(f"{where}.window={s.window} must be >= 1")
+        for name in ("depth", "dim", "heads", "mlp_ratio", "window"):
+            too_big = _over_limit(name, getattr(s, name))
+            if too_big:
+                raise ConfigError(f"{where}.{too_big}")
+
+    def _validate_stage_size(self, i: int, where: str, s: Any, h: int, w: int) -> None:
+        """A stage small enough to build: attention over at most MAX_ATTENDED_TOKENS tokens, at most
+        MAX_STAGE_VALUES activations per image."""
+        if MIXERS[s.mixer].attention and h * w > MAX_ATTENDED_TOKENS:
+            raise ConfigError(f"{where} attends over {h}x{w} tokens, more than the {MAX_ATTENDED_TOKENS:,} "
+                              f"hilonas builds (attention grows with their square): use a smaller img_size, a "
+                              f"larger patch_size or mixer: none in this stage")
+        values = h * w * max(s.dim, self.hidden_dim(i))
+        if values > MAX_STAGE_VALUES:
+            raise ConfigError(f"{where} holds {h}x{w} tokens of width {max(s.dim, self.hidden_dim(i))} "
+                              f"({values:.3g} values per image, more than the {MAX_STAGE_VALUES:.3g} hilonas "
+                              "builds): use a smaller img_size, a larger patch_size or a narrower stage")
+
     def validate(self) -> ArchConfig:
         """Raise :class:`ConfigError` naming stage, field, value and fix for the first impossible setting."""
         n = len(self.depths)
@@ -201,34 +235,9 @@ class ArchConfig:
             raise ConfigError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
         for i, ((h, w), s) in enumerate(zip(self.stage_resolutions(), self.stages())):
             where = f"stages[{i}]"
-            if s.depth < 1:
-                raise ConfigError(f"{where}.depth={s.depth} must be >= 1: remove the stage instead of giving it "
-                                  "depth 0")
-            if s.dim < 1:
-                raise ConfigError(f"{where}.dim={s.dim} must be >= 1")
-            if s.mlp_ratio <= 0 or self.hidden_dim(i) < 1:
-                raise ConfigError(f"{where}.mlp_ratio={s.mlp_ratio} must be > 0 (LITv2 uses 4)")
-            if s.mixer not in MIXERS:
-                raise ConfigError(f"{where}.mixer={s.mixer!r} is unknown: use one of {', '.join(MIXERS)}")
-            if not 0.0 <= s.alpha <= 1.0:
-                raise ConfigError(f"{where}.alpha={s.alpha} is outside [0, 1]: alpha is the share of Lo-Fi heads "
-                                  "(0 = all Hi-Fi, 1 = all Lo-Fi)")
-            if s.window < 1:
-                raise ConfigError(f"{where}.window={s.window} must be >= 1")
-            for name in ("depth", "dim", "heads", "mlp_ratio", "window"):
-                too_big = _over_limit(name, getattr(s, name))
-                if too_big:
-                    raise ConfigError(f"{where}.{too_big}")
+            self._validate_stage_fields(i, where, s)
             self._validate_mixer(where, s, h, w)
-            if MIXERS[s.mixer].attention and h * w > MAX_ATTENDED_TOKENS:
-                raise ConfigError(f"{where} attends over {h}x{w} tokens, more than the {MAX_ATTENDED_TOKENS:,} "
-                                  f"hilonas builds (attention grows with their square): use a smaller img_size, a "
-                                  f"larger patch_size or mixer: none in this stage")
-            values = h * w * max(s.dim, self.hidden_dim(i))
-            if values > MAX_STAGE_VALUES:
-                raise ConfigError(f"{where} holds {h}x{w} tokens of width {max(s.dim, self.hidden_dim(i))} "
-                                  f"({values:.3g} values per image, more than the {MAX_STAGE_VALUES:.3g} hilonas "
-                                  "builds): use a smaller img_size, a larger patch_size or a narrower stage")
+            self._validate_stage_size(i, where, s, h, w)
         params = self.approx_params()
         if params > MAX_PARAMS:
             raise ConfigError(f"the architecture has about {params / 1e9:.1f} G parameters, more than the "
