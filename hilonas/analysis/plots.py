@@ -106,6 +106,18 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
     return fig
 
 
+def _joins(fig: go.Figure, x0: pd.Series, y0: pd.Series, x1: pd.Series, y1: pd.Series, colour: str,
+           group: str) -> None:
+    """One dotted trace of segments (x0, y0) -> (x1, y1), row by row: a point joined to its second figure."""
+    xs: list = []
+    ys: list = []
+    for a, b, c, d in zip(x0, y0, x1, y1):
+        xs += [a, c, None]
+        ys += [b, d, None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "dash": "dot", "width": 1},
+                             legendgroup=group, hoverinfo="skip", showlegend=False))
+
+
 def _measured(fig: go.Figure, part: pd.DataFrame, colour: str, name: str, group: str, x: str) -> None:
     """Exported trials re-measured on the target: a diamond at the measured figure, joined to the prediction."""
     if x != "latency" or "measured_latency_ms" not in part:
@@ -113,12 +125,7 @@ def _measured(fig: go.Figure, part: pd.DataFrame, colour: str, name: str, group:
     done = part[part["measured_latency_ms"].notna()]
     if done.empty:
         return
-    xs, ys = [], []
-    for _, r in done.iterrows():
-        xs += [r["latency_ms"], r["measured_latency_ms"], None]
-        ys += [r["accuracy"], r["accuracy"], None]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "dash": "dot", "width": 1},
-                             legendgroup=group, hoverinfo="skip", showlegend=False))
+    _joins(fig, done["latency_ms"], done["accuracy"], done["measured_latency_ms"], done["accuracy"], colour, group)
     fig.add_trace(go.Scatter(
         x=done["measured_latency_ms"], y=done["accuracy"], mode="markers", name=f"{name}: measured (exported)",
         legendgroup=group, marker={"color": colour, "size": 11, "symbol": "diamond-open", "line": {"width": 2}},
@@ -135,12 +142,7 @@ def _promoted(fig: go.Figure, part: pd.DataFrame, colour: str, name: str, group:
     done = part[part["promoted_accuracy"].notna()]
     if done.empty:
         return
-    xs, ys = [], []
-    for _, r in done.iterrows():
-        xs += [r[col], r[col], None]
-        ys += [r["accuracy"], r["promoted_accuracy"], None]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "dash": "dot", "width": 1},
-                             legendgroup=group, hoverinfo="skip", showlegend=False))
+    _joins(fig, done[col], done["accuracy"], done[col], done["promoted_accuracy"], colour, group)
     fig.add_trace(go.Scatter(
         x=done[col], y=done["promoted_accuracy"], mode="markers", name=f"{name}: promoted (reference budget)",
         legendgroup=group, marker={"color": colour, "size": 12, "symbol": "triangle-up",
