@@ -1,26 +1,22 @@
 """How the suite is scheduled. ``make test`` runs it in two parts: every test not marked ``serial`` on two
-pytest-xdist workers (``--dist loadgroup``), then the ``serial`` tests alone. The two lists below are the one place
-that decides which is which."""
+pytest-xdist workers, then the ``serial`` tests alone. The list below is the one place that decides which is which.
+
+The workers take whole files (``--dist loadfile``), so a module's expensive fixture (the local Ray runtime, a
+finished study, the fresh interpreters of the import-order checks) is built once, by one worker. (``xdist_group``
+marks do nothing under pytest 9.2 with pytest-xdist 3.8: xdist renames ``item._nodeid``, which pytest no longer
+reads, so the groups silently fell apart and each worker built such a fixture again.)"""
 import os
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-# Tests whose outcome depends on timing: they compare measured latencies, wait on leases and heartbeats, kill
-# processes at a moment, or start a two-node Ray cluster. They run alone, after the parallel part.
+# Tests whose outcome depends on timing: they compare measured latencies, wait on leases and heartbeats, or kill
+# processes at a moment. They run alone, after the parallel part.
 SERIAL_MODULES = {
     "tests/latency/test_probe.py",
     "tests/search/test_reliability.py",
     "tests/search/test_speed_factor.py",
-    "tests/search/test_cluster.py",
-}
-# Modules that share an expensive session fixture or a runtime: one worker runs each group, one test after another
-# (the local Ray runtime; the finished study the export tests read).
-GROUPS = {
-    "tests/search/test_ray_search.py": "ray",
-    "tests/search/test_export.py": "export",
-    "tests/search/test_export_limit.py": "export",
 }
 
 
@@ -33,5 +29,3 @@ def pytest_collection_modifyitems(config, items):
             continue
         if where in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
-        elif where in GROUPS:
-            item.add_marker(pytest.mark.xdist_group(GROUPS[where]))

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "tr
                                 reason="no Chromium on this machine (apt-get install chromium)")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--virtual-time-budget=10000"]
+         "--virtual-time-budget=2000"]
 
 
 @pytest.fixture

@@ -64,8 +64,9 @@ def test_sigkill_mid_run_loses_nothing(workdir):
     trials = 6
     db = workdir / "runs" / "k" / "study.db"
     cmd = [sys.executable, "-m", "hilonas.cli", "search", "--space", str(workdir / "space.yaml"), "--study", "k",
-           "--trials", str(trials), "--workers", "2", "--steps", "100", "--batch-size", "16", "--resolution", "16",
-           "--sampler", "random", "--no-progress", "--executor", "local", "--tables", str(workdir / "latency_tables"),
+           "--trials", str(trials), "--workers", "2", "--steps", "40", "--batch-size", "16", "--resolution", "16",
+           "--sampler", "random", "--no-progress", "--no-probe", "--promote", "0", "--executor", "local",
+           "--tables", str(workdir / "latency_tables"),
            "--runs", str(workdir / "runs")]
     env = dict(os.environ)
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
