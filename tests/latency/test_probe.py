@@ -196,6 +196,28 @@ def test_block_correction_is_used_when_it_explains_the_networks(tmp_path, cpu_fp
         assert result.residual is None and result.correction() == {"speed_factor": pytest.approx(1.6)}
 
 
+def test_a_cuda_table_is_probed_by_its_networks_alone(tmp_path, cpu_fp, monkeypatch):
+    """On CUDA no block is re-timed: the networks' median ratio is the one factor."""
+    import dataclasses
+
+    cuda_fp = dataclasses.replace(cpu_fp, device_kind="cuda", device_name="NVIDIA H100", capability="9.0",
+                                  threads=0)
+    table, stored = _table_with_blocks(tmp_path, cuda_fp)
+
+    def no_blocks(keys, fp, **settings):
+        raise AssertionError("a CUDA probe timed blocks")
+
+    def fake_passes(archs, fp, **settings):
+        for _ in range(settings["rounds"]):
+            yield [_timing(1.3 * stored[a]) for a in archs]
+
+    monkeypatch.setattr("hilonas.latency.measure.measure_blocks", no_blocks)
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+    result = probe_mod.probe_speed(table, budget_s=5)
+    assert result.blocks == 0 and result.group_factors == {} and result.residual is None
+    assert result.correction() == {"speed_factor": pytest.approx(1.3)}
+
+
 def test_block_factors_recover_a_size_trend():
     """Ratios that fall with a block's size by a shared power law are fitted as group levels and one exponent; too
     few blocks fall back to each group's median ratio."""
