@@ -21,7 +21,8 @@ COLUMNS = ["study", "target", "number", "state", "accuracy", "promoted_accuracy"
 
 
 def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """A row per trial of every study in ``records``; ``on_front`` marks each study's own Pareto front.
+    """A row per trial of every study in ``records``; ``on_front`` marks each study's own Pareto front (each
+    network once: a trial told as a duplicate of an earlier one is not a member).
 
     The front is over COMPLETE, feasible trials; accuracy is maximised and latency minimised (throughput maximised
     when the study's objective is throughput, which orders trials the same way for a fixed batch).
@@ -52,7 +53,10 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     df["on_front"] = False
     for _, part in df.groupby("study", sort=False):
-        ok = part["feasible"] & part["accuracy"].notna() & part["latency_ms"].notna() & part["landmark"].isna()
+        # A duplicate (the sampler proposed a network trained before; it carries that trial's figures) is not a
+        # front member of its own: the trial it copies stands for the network.
+        ok = (part["feasible"] & part["accuracy"].notna() & part["latency_ms"].notna() & part["landmark"].isna()
+              & part["duplicate_of"].isna())
         cand = part[ok]
         if cand.empty:
             continue

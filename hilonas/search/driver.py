@@ -711,7 +711,8 @@ def _front_size(study: optuna.Study) -> int:
     from hilonas.analysis.front import pareto_mask
 
     rows = [(t.values[0], t.values[1]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible", True) and t.values and t.values[0] is not None]
+            if t.user_attrs.get("feasible", True) and t.values and t.values[0] is not None
+            and t.user_attrs.get("duplicate_of") is None]  # a duplicate stands for the trial it copies
     if not rows:
         return 0
     maximize_second = study.directions[1] == optuna.study.StudyDirection.MAXIMIZE

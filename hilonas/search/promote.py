@@ -50,7 +50,8 @@ def reference_budget(budget: dict[str, Any]) -> dict[str, Any]:
 
 
 def _front(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's Pareto front (completed, feasible, trained or duplicate trials), fastest first."""
+    """The study's Pareto front (completed, feasible, trained trials; a duplicate stands for the trial it copies),
+    fastest first."""
     import optuna
     from optuna.trial import TrialState
 
@@ -58,7 +59,8 @@ def _front(study: optuna.Study) -> list[FrozenTrial]:
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.values and t.values[0] is not None and t.user_attrs.get("feasible", True)
-            and not t.user_attrs.get("skipped") and "arch" in t.user_attrs]
+            and not t.user_attrs.get("skipped") and "arch" in t.user_attrs
+            and t.user_attrs.get("duplicate_of") is None]
     if not done:
         return []
     maximize_second = study.directions[1] == optuna.study.StudyDirection.MAXIMIZE

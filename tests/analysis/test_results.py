@@ -56,6 +56,18 @@ def test_results_frame_front_constraint_and_merge():
     assert f[f.study == "a"].latency_ms.tolist() == [5.0, 7.0, 10.0]
 
 
+def test_a_duplicate_is_not_a_front_member_of_its_own():
+    """NSGA-II proposes networks it has tried: such a trial copies the first one's figures (duplicate_of) and the
+    front holds the network once, as the trial that trained it."""
+    study = make_study("d", [(0.9, 10.), (0.8, 5.)])
+    first = study.trials[1]
+    study.add_trial(create_trial(values=first.values, params=first.params, distributions=first.distributions,
+                                 user_attrs={**first.user_attrs, "duplicate_of": first.number}))
+    df = results_frame(trial_records(study))
+    assert df[df.on_front].number.tolist() == [0, 1]
+    assert df[df.duplicate_of.notna()].number.tolist() == [3]
+
+
 def test_renderer_smoke(tmp_path):
     from hilonas.analysis.plots import pareto_figure, write_html
 
