@@ -305,8 +305,8 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     share = NETWORK_SHARE if keys else 1.0
     net_t = _passes([], [a for a, _ in nets], table, fp, started + share * budget_s)
     block_t = _passes([k for k, _ in keys], [], table, fp, started + budget_s) if keys else []
+    ratios = _network_ratios(table, nets, net_t)
     stat = table.statistic
-    ratios = tuple(figure_ms(pool_timings(ts), stat) / ms for ts, (_, ms) in zip(net_t, nets))
     by_group: dict[str, list[tuple[float, float]]] = {}
     for ts, (key, ms) in zip(block_t, keys):
         by_group.setdefault(block_group(key), []).append((ms, figure_ms(pool_timings(ts), stat) / ms))
@@ -321,6 +321,43 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
         table.add_probe(probe.to_dict())
         table.save()
     return probe
+
+
+def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], timings: list[list[Any]]
+                    ) -> tuple[float, ...]:
+    """Per probe network, its figure now over its figure in the table, like for like. A table keeps the fastest
+    sample of all its passes (statistic 'min'); the fastest of fewer passes is slower by chance alone (on this
+    machine's 2 cores, 5 passes read 3-5.5% slower than 20 passes of the same minute), so a probe that ran fewer
+    passes than the table compares medians (the table stores each network's median too), which do not move with
+    the number of passes."""
+    from hilonas.latency.build import measurement_settings
+    from hilonas.latency.measure import figure_ms
+    from hilonas.latency.timing import pool_timings
+
+    stat = table.statistic
+    medians = _stored_medians(table)
+    few = len(timings[0]) < measurement_settings(table)["rounds"] if timings else False
+    out = []
+    for ts, (arch, ms) in zip(timings, nets):
+        pooled = pool_timings(ts)
+        if stat == "min" and few and medians.get(arch):
+            out.append(pooled.median_ms / medians[arch])
+        else:
+            out.append(figure_ms(pooled, stat) / ms)
+    return tuple(out)
+
+
+def _stored_medians(table: LatencyTable) -> dict[ArchConfig, float]:
+    """The median the table stored for each calibration network (tables that kept none: empty)."""
+    out = {}
+    for net in (table.calibration or {}).get("networks", []):
+        try:
+            median = float(net["median_ms"])
+            if median > 0:
+                out[ArchConfig.from_dict(net["arch"])] = median
+        except (HilonasError, KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 def warn_factor(factor: float | None, table: LatencyTable) -> str | None:

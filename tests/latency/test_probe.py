@@ -97,6 +97,37 @@ def test_factor_is_the_median_ratio_and_is_recorded(tmp_path, cpu_fp, monkeypatc
     assert history[-2]["taken_at"] == f"t{MAX_PROBES + 2}"
 
 
+@pytest.mark.parametrize("passes", ["fewer than the table's", "as many as the table's"])
+def test_a_probe_of_fewer_passes_compares_medians(tmp_path, cpu_fp, monkeypatch, passes):
+    """The table keeps the fastest sample of 20 passes; the fastest of 3 is slower by chance, so a probe cut short
+    by its budget compares each network's median with the median the table stored, and a full probe the minimum."""
+    import time
+
+    table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
+    calibration = copy.deepcopy(table.calibration)
+    for net in calibration["networks"]:
+        net["median_ms"] = 1.1 * net["measured_ms"]
+    table.set_calibration(calibration)
+    table.set_settings({**table.settings, "rounds": 20, "statistic": "min"})
+    table.save()
+    few = passes.startswith("fewer")
+    stored = dict(probe_mod.probe_networks(table))
+
+    def fake_passes(archs, fp, **settings):
+        for _ in range(settings["rounds"]):
+            if few:
+                time.sleep(0.1)  # a budget of 0.25 s ends the probe after its 3 passes at least
+            # now: minimum 1.3x the stored minimum, median 1.2x the stored median
+            yield [Timing(median_ms=1.32 * stored[a], spread=0.1, runs=3, device="cpu", threads=1, noisy=False,
+                          attempts=1, samples_ms=[1.3 * stored[a], 1.32 * stored[a], 1.4 * stored[a]])
+                   for a in archs]
+
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+    result = probe_mod.probe_speed(table, budget_s=0.25 if few else 30, blocks=0)
+    assert (result.rounds < 20) == few
+    assert result.factor == pytest.approx(1.2 if few else 1.3)
+
+
 def test_factor_far_from_one_is_one_warning_line(tmp_path, cpu_fp, capsys):
     table = _table_with_networks(tmp_path, cpu_fp, [1.0])
     assert probe_mod.warn_factor(1.1, table) is None and probe_mod.warn_factor(None, table) is None
