@@ -33,10 +33,10 @@ demo: $(STAMP)
 	@echo "demo done: study runs/$(DEMO_STUDY)/study.db, page runs/$(DEMO_STUDY)/pareto.html, config runs/$(DEMO_STUDY)/export/arch.yaml"
 
 # What CI runs: the linter, then every test (slow ones included): two workers taking whole files, then the
-# timing-sensitive tests alone (tests/conftest.py lists them).
+# timing-sensitive tests alone (tests/serial_modules.txt lists them).
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
-	$(BIN)/python -m pytest -q -m serial
+	$(BIN)/python -m pytest -q -m serial $$(cat tests/serial_modules.txt)
 
 # Quick loop while developing: the tests not marked slow (no Ray, no whole searches).
 test-fast: lint

@@ -229,16 +229,16 @@ def fit_calibration(raw_by_group: list[dict[str, float]], measured_ms: list[floa
     return _to_calibration(chosen, fitted[chosen], groups, {k: round(v, 5) for k, v in scores.items()})
 
 
-def calibration_networks(calibration: dict[str, Any] | None) -> list[tuple[Any, float]]:
-    """The networks a table's calibration was fitted on, as stored: (ArchConfig, figure measured for the table, ms).
-    Entries that do not parse are skipped."""
+def calibration_networks(calibration: dict[str, Any] | None, figure: str = "measured_ms") -> list[tuple[Any, float]]:
+    """The networks a table's calibration was fitted on, as stored: (ArchConfig, ``figure`` in ms: the one measured
+    for the table, or ``"median_ms"``). Entries that do not parse, or lack the figure, are skipped."""
     from hilonas.config import ArchConfig
     from hilonas.errors import HilonasError
 
     out = []
     for net in (calibration or {}).get("networks", []):
         try:
-            out.append((ArchConfig.from_dict(net["arch"]), float(net["measured_ms"])))
+            out.append((ArchConfig.from_dict(net["arch"]), float(net[figure])))
         except (HilonasError, KeyError, TypeError, ValueError):
             continue
     return out

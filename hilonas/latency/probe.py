@@ -295,7 +295,7 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     if not nets:
         return None
     if table.fingerprint.device_kind == "cuda":
-        blocks = 0  # see CUDA_BLOCKS below
+        blocks = 0  # networks only (see the docstring)
     keys = probe_blocks(table, blocks, groups) if blocks > 0 else []
     started = time.perf_counter()
     fp = fp or table.fingerprint
@@ -335,7 +335,7 @@ def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], t
     from hilonas.latency.timing import pool_timings
 
     stat = table.statistic
-    medians = _stored_medians(table)
+    medians = dict(calibration_networks(table.calibration, "median_ms"))
     few = len(timings[0]) < measurement_settings(table)["rounds"] if timings else False
     out = []
     for ts, (arch, ms) in zip(timings, nets):
@@ -345,19 +345,6 @@ def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], t
         else:
             out.append(figure_ms(pooled, stat) / ms)
     return tuple(out)
-
-
-def _stored_medians(table: LatencyTable) -> dict[ArchConfig, float]:
-    """The median the table stored for each calibration network (tables that kept none: empty)."""
-    out = {}
-    for net in (table.calibration or {}).get("networks", []):
-        try:
-            median = float(net["median_ms"])
-            if median > 0:
-                out[ArchConfig.from_dict(net["arch"])] = median
-        except (HilonasError, KeyError, TypeError, ValueError):
-            continue
-    return out
 
 
 def warn_factor(factor: float | None, table: LatencyTable) -> str | None:

@@ -708,15 +708,10 @@ def _promote(settings: SearchSettings, opened: OpenedSearch, loop: SearchLoop, e
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _front_size(study: optuna.Study) -> int:
-    from hilonas.analysis.front import pareto_mask
+    """Networks on the study's front (each once: a duplicate stands for the trial it copies)."""
+    from hilonas.search.promote import front_trials
 
-    rows = [(t.values[0], t.values[1]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible", True) and t.values and t.values[0] is not None
-            and t.user_attrs.get("duplicate_of") is None]  # a duplicate stands for the trial it copies
-    if not rows:
-        return 0
-    maximize_second = study.directions[1] == optuna.study.StudyDirection.MAXIMIZE
-    return int(sum(pareto_mask([r[0] for r in rows], [r[1] for r in rows], maximize_second)))
+    return len(front_trials(study))
 
 
 _arch_key = studies.network_key  # two configs that run the same blocks the same number of times: one network

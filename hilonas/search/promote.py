@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # optuna is imported where it is used: the CLI reads DEFAULT_
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["DEFAULT_PROMOTE", "promotion_candidates", "promote_front", "reference_budget", "check_promote"]
+__all__ = ["DEFAULT_PROMOTE", "promotion_candidates", "promote_front", "front_trials", "reference_budget",
+           "check_promote"]
 
 DEFAULT_PROMOTE = 3  # front members promoted after a search (``--promote``); 0 skips promotion
 
@@ -49,7 +50,7 @@ def reference_budget(budget: dict[str, Any]) -> dict[str, Any]:
     return dataclasses.asdict(ProxyBudget(**budget).scaled(REFERENCE_FACTOR))
 
 
-def _front(study: optuna.Study) -> list[FrozenTrial]:
+def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's Pareto front (completed, feasible, trained trials; a duplicate stands for the trial it copies),
     fastest first."""
     import optuna
@@ -77,7 +78,7 @@ def promotion_candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
     if k <= 0:
         return []
     unique, seen = [], set()
-    for t in _front(study):
+    for t in front_trials(study):
         key = network_key(t.user_attrs["arch"])
         if key not in seen:
             seen.add(key)
