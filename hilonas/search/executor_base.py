@@ -139,7 +139,7 @@ class LocalExecutor(Executor):
             self._running.add(handle)
         thread = threading.Thread(target=self._run, args=(handle, fn, args), daemon=True,
                                   name=f"hilonas-local-trial-{handle}")
-        self._threads.append(thread)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]  # only the ones shutdown may wait for
         thread.start()
         with self._changed:
             while handle not in self._done:

@@ -44,12 +44,14 @@ def test_feasibility_rule():
 @pytest.mark.slow
 def test_margin_pads_predictions_before_the_limit(workdir, settings):
     lat = predictions(workdir)
-    limit = lat[len(lat) // 2]
+    # The limit pads the median prediction: about half the space is feasible with the margin, so 8 trials see both
+    # kinds (the session's table is timed afresh each run; a limit at the median itself left none feasible at times)
+    limit = lat[len(lat) // 2] * 1.25
     run_search(settings(workdir, trials=8, workers=1, executor="local", study="m", max_latency_ms=limit,
                         latency_margin="0.25"), progress=False)
     study, done = trials_of(workdir, "m")
     assert study.user_attrs["latency_margin"] == 0.25
-    assert any(t.user_attrs["feasible"] for t in done) or min(lat) * 1.25 > limit
+    assert any(t.user_attrs["feasible"] for t in done) and not all(t.user_attrs["feasible"] for t in done)
     for t in done:
         padded = t.user_attrs["predicted_latency_ms"] * 1.25
         assert t.user_attrs["latency_margin"] == 0.25
