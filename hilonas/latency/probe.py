@@ -18,6 +18,15 @@ A prediction for this machine today is ``residual * calibration(sum_g group_fact
 (:class:`~hilonas.latency.predictor.LatencyPredictor` with :meth:`SpeedProbe.correction`); rankings barely move.
 The probe (factors, spread, seconds, when) is recorded in the table's bounded probe history (the stored block
 timings and the base calibration are never rewritten) and by the caller (study user attrs, export provenance).
+
+**One probe is one moment of a shared machine.** These hosts have slow spells: a probe of 14 s once read 1.072
+while the networks timed a minute before and after ran 6% faster than the table (13% off), and 2 of 9 validations
+here were fooled that way. No statistic over one probe's passes can undo a spell that covers all of them, so a
+probe is pooled with the probes *this host* (hostname and boot id, :func:`host_id`) recorded in the table in the
+last :data:`POOL_MINUTES` minutes (at most :data:`POOL_EARLIER` of them): the level applied is the median of
+their factors and this one's (``factor``; ``own_factor`` is this probe alone, ``pooled`` how many were pooled).
+The median of three follows a lasting change at the second probe that sees it and ignores a lone spell; the first
+probe on a host stands alone.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ import statistics
 import sys
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from hilonas.config import ArchConfig
@@ -36,7 +45,7 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.table import LatencyTable
 
 __all__ = ["SpeedProbe", "probe_networks", "probe_blocks", "probe_speed", "warn_factor", "speed_kwargs",
-           "fit_block_factors", "space_groups", "probe_groups",
+           "fit_block_factors", "space_groups", "probe_groups", "host_id", "pool_probe", "POOL_MINUTES", "POOL_EARLIER",
            "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
 
 DEFAULT_PROBE_NETWORKS = 4
@@ -44,6 +53,8 @@ DEFAULT_PROBE_BLOCKS = 8  # stored blocks re-timed per calibration group, at mos
 MAX_PROBE_BLOCKS = 32  # ...this many in all: a table of many spaces has many groups, and a pass over its blocks
 #                        must stay a small part of the budget (64 blocks took a 20 s probe to 38 s)
 DEFAULT_PROBE_BUDGET_S = 20.0  # seconds a probe may take on CPU
+POOL_MINUTES = 20.0  # a probe is pooled with this host's probes of the last this many minutes...
+POOL_EARLIER = 2  # ...at most this many of them (the newest): the median of 3 ignores one spell
 WARN_FACTOR = 0.15  # a factor further than this from 1 is printed as a warning
 _MIN_ROUNDS = 3
 
@@ -67,6 +78,9 @@ class SpeedProbe:
         residual: what the networks show beyond their blocks so corrected (1: nothing); None when the block
             correction is not used (it did not make the probe networks agree better; then ``factor`` applies).
         blocks: probe blocks timed.
+        own_factor: this probe's factor alone (None: not pooled, ``factor`` is its own).
+        pooled: how many probes of this host the applied level is the median of (1: this one alone).
+        host: :func:`host_id` of the machine that took it (pools only with its own host's probes).
     """
 
     factor: float
@@ -81,6 +95,9 @@ class SpeedProbe:
     residual: float | None = None
     blocks: int = 0
     size_exponent: float = 0.0
+    own_factor: float | None = None
+    pooled: int = 1
+    host: str = ""
 
     def correction(self) -> dict[str, Any]:
         """What a predictor needs to predict for this machine today: :func:`speed_kwargs` of :meth:`to_dict`."""
@@ -92,7 +109,7 @@ class SpeedProbe:
         d["group_factors"] = {g: round(v, 5) for g, v in self.group_factors.items()}
         d.update(factor=round(self.factor, 5), spread=round(self.spread, 5), seconds=round(self.seconds, 2),
                  size_exponent=round(self.size_exponent, 5))
-        for k in ("block_factor", "residual"):
+        for k in ("block_factor", "residual", "own_factor"):
             if d[k] is not None:
                 d[k] = round(d[k], 5)
         return d
@@ -101,9 +118,11 @@ class SpeedProbe:
         how = "slower" if self.factor >= 1 else "faster"
         groups = ", ".join(f"{g} {v:.2f}" for g, v in sorted(self.group_factors.items()))
         by_group = f"; by kind: {groups}" if groups and self.residual is not None else ""
+        pooled = (f", median of {self.pooled} probes of this host in the last {POOL_MINUTES:.0f} min, this one "
+                  f"{self.own_factor:.3f}" if self.pooled > 1 and self.own_factor is not None else "")
         return (f"speed probe: this machine runs {abs(self.factor - 1):.1%} {how} than when the table was measured "
-                f"(factor {self.factor:.3f}, spread {self.spread:.3f}, {self.networks} networks, {self.blocks} "
-                f"blocks, {self.seconds:.1f} s{by_group})")
+                f"(factor {self.factor:.3f}{pooled}, spread {self.spread:.3f}, {self.networks} networks, "
+                f"{self.blocks} blocks, {self.seconds:.1f} s{by_group})")
 
 
 def speed_kwargs(probe: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -271,7 +290,7 @@ def _residual(table: LatencyTable, nets: list[ArchConfig], ratios: tuple[float, 
 
 def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks: int = DEFAULT_PROBE_NETWORKS,
                 blocks: int = DEFAULT_PROBE_BLOCKS, budget_s: float = DEFAULT_PROBE_BUDGET_S,
-                record: bool = True, groups: Collection[str] | None = None) -> SpeedProbe | None:
+                record: bool = True, groups: Collection[str] | None = None, pool: bool = True) -> SpeedProbe | None:
     """Re-time the table's probe blocks and networks on this machine (see the module docstring); None when the
     table has no calibration networks to probe with. Measures on ``fp`` (default: the table's own fingerprint) with
     the table's protocol (warm-up, repeats, chain, statistic) and as many passes as fit ``budget_s``
@@ -279,7 +298,8 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     factor for everything). ``groups``: re-time only blocks of these calibration groups (:func:`space_groups` of
     the space, or the groups of the one network, the caller predicts); groups left out keep no factor of their own.
 
-    With ``record`` the probe is appended to the table's probe history and saved (under the table's lock).
+    With ``record`` the probe is appended to the table's probe history and saved (under the table's lock). With
+    ``pool`` its level is pooled with this host's recent probes (:func:`pool_probe`).
 
     On a CUDA table the probe times networks only (one factor for everything): GPUs of one name share the chip, so
     the by-kind correction that CPU hosts need has nothing to correct, and at small batches a GPU block's time is
@@ -316,11 +336,61 @@ def probe_speed(table: LatencyTable, fp: Fingerprint | None = None, *, networks:
     probe = SpeedProbe(factor=statistics.median(ratios), spread=max(ratios) - min(ratios),
                        seconds=time.perf_counter() - started, networks=len(nets), rounds=len(net_t[0]),
                        taken_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), ratios=ratios, group_factors=group_factors,
-                       block_factor=block_factor, residual=residual, blocks=len(keys), size_exponent=exponent)
+                       block_factor=block_factor, residual=residual, blocks=len(keys), size_exponent=exponent,
+                       host=host_id())
+    if pool:
+        probe = pool_probe(probe, table.probes)
     if record:
         table.add_probe(probe.to_dict())
         table.save()
     return probe
+
+
+def host_id() -> str:
+    """This machine in this boot: a hash of the hostname and the kernel's boot id (a new VM of the same image, or
+    the same one rebooted, is another host: its speed is not known from earlier probes)."""
+    import hashlib
+    import socket
+    from pathlib import Path
+
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: the hostname alone
+        boot = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{boot}".encode()).hexdigest()[:12]
+
+
+def _taken_epoch(entry: Mapping[str, Any]) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(entry.get("taken_at")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def pool_probe(probe: SpeedProbe, history: list[Mapping[str, Any]], *, minutes: float = POOL_MINUTES,
+               earlier: int = POOL_EARLIER, now: float | None = None) -> SpeedProbe:
+    """``probe`` with its level set to the median of its own factor and those of the newest ``earlier`` probes in
+    ``history`` (a table's probe history) that ``probe``'s host took in the last ``minutes`` (see the module
+    docstring). The by-kind shape of its correction is its own: only the level moves (``factor``, and the
+    ``residual`` in proportion). Unchanged when no earlier probe qualifies."""
+    now = time.time() if now is None else now
+    own = probe.own_factor if probe.own_factor is not None else probe.factor
+    found = []
+    for entry in history:
+        at = _taken_epoch(entry)
+        value = entry.get("own_factor") if entry.get("own_factor") is not None else entry.get("factor")
+        if (entry.get("host") == probe.host and probe.host and at is not None and 0 <= now - at <= minutes * 60
+                and isinstance(value, (int, float)) and value > 0):
+            found.append((at, float(value)))
+    found = [v for _, v in sorted(found)[-earlier:]] if earlier > 0 else []
+    if not found:
+        return probe
+    level = statistics.median([*found, own])
+    scale = level / own
+    return replace(probe, factor=level, own_factor=own, pooled=len(found) + 1,
+                   residual=probe.residual * scale if probe.residual is not None else None)
 
 
 def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], timings: list[list[Any]]

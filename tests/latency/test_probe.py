@@ -260,3 +260,60 @@ def test_block_factors_recover_a_size_trend():
     assert probe_mod.fit_block_factors(few) == ({"stem": 1.5, "merge": pytest.approx(1.6)}, 0.0)
     steep = {"block:hilo": [(ms, ms ** -0.9) for ms in (0.5, 1, 2, 4)]}
     assert probe_mod.fit_block_factors(steep)[1] == -probe_mod.MAX_SIZE_EXPONENT  # not believed: clipped
+
+
+def _probe(factor: float, host: str = "h1", residual: float | None = None) -> probe_mod.SpeedProbe:
+    return probe_mod.SpeedProbe(factor=factor, spread=0.0, seconds=1.0, networks=4, rounds=5, taken_at="",
+                                ratios=(factor,), residual=residual, host=host)
+
+
+def _entry(factor: float, minutes_ago: float, now: float, host: str = "h1") -> dict:
+    import time
+
+    return {"factor": factor, "host": host,
+            "taken_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now - 60 * minutes_ago))}
+
+
+def test_a_probe_is_pooled_with_its_hosts_recent_probes():
+    """One probe in a slow spell (1.30) among this host's recent ones (1.00, 1.02) takes their median level; probes
+    of another host, older than the window or beyond the newest POOL_EARLIER do not count; a lasting change
+    shows at the second probe that sees it."""
+    import time
+
+    now = time.time()
+    spell = probe_mod.pool_probe(_probe(1.30, residual=1.30 / 1.25), [_entry(1.00, 5, now), _entry(1.02, 2, now)],
+                                 now=now)
+    assert spell.factor == pytest.approx(1.02) and spell.own_factor == pytest.approx(1.30) and spell.pooled == 3
+    assert spell.residual == pytest.approx(1.02 / 1.25)  # the level moves, the by-kind shape stays
+    assert "median of 3 probes" in spell.describe() and "this one 1.300" in spell.describe()
+    others = [_entry(0.5, 1, now, host="h2"), _entry(0.5, probe_mod.POOL_MINUTES + 1, now),
+              {"factor": 0.5, "host": "h1", "taken_at": "not a time"}]
+    alone = probe_mod.pool_probe(_probe(1.30), others, now=now)
+    assert alone.factor == pytest.approx(1.30) and alone.pooled == 1 and alone.own_factor is None
+    newest = probe_mod.pool_probe(_probe(1.30), [_entry(0.5, 9, now), _entry(1.28, 3, now), _entry(1.0, 1, now)],
+                                  now=now)
+    assert newest.pooled == 1 + probe_mod.POOL_EARLIER and newest.factor == pytest.approx(1.28)
+    # pooled probes are recorded with their own factor, so a later probe pools what was measured
+    recorded = {**_entry(0, 1, now), **spell.to_dict(), "taken_at": _entry(0, 1, now)["taken_at"]}
+    later = probe_mod.pool_probe(_probe(1.31), [_entry(1.02, 4, now), recorded], now=now)
+    assert later.factor == pytest.approx(1.30)
+
+
+def test_probe_speed_pools_with_the_tables_history(tmp_path, cpu_fp, monkeypatch):
+    table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
+    speed = {"now": 1.0}
+
+    def fake_passes(archs, fp, **settings):
+        stored = dict(probe_mod.probe_networks(table))
+        for _ in range(settings["rounds"]):
+            yield [_timing(speed["now"] * stored[a]) for a in archs]
+
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+    for now in (1.0, 1.0, 1.3):
+        speed["now"] = now
+        result = probe_mod.probe_speed(table, budget_s=5, blocks=0)
+    assert result.factor == pytest.approx(1.0) and result.own_factor == pytest.approx(1.3)
+    assert result.host == probe_mod.host_id() and result.pooled == 3
+    assert LatencyTable.load(table.path).probes[-1]["own_factor"] == pytest.approx(1.3)
+    unpooled = probe_mod.probe_speed(table, budget_s=5, blocks=0, pool=False)
+    assert unpooled.factor == pytest.approx(1.3) and unpooled.pooled == 1
