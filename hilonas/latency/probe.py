@@ -46,7 +46,7 @@ from hilonas.latency.table import LatencyTable
 
 __all__ = ["SpeedProbe", "probe_networks", "probe_blocks", "probe_speed", "warn_factor", "speed_kwargs",
            "fit_block_factors", "space_groups", "probe_groups", "host_id", "pool_probe", "POOL_MINUTES", "POOL_EARLIER",
-           "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
+           "pass_bias", "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
 
 DEFAULT_PROBE_NETWORKS = 4
 DEFAULT_PROBE_BLOCKS = 8  # stored blocks re-timed per calibration group, at most...
@@ -393,13 +393,32 @@ def pool_probe(probe: SpeedProbe, history: list[Mapping[str, Any]], *, minutes: 
                    residual=probe.residual * scale if probe.residual is not None else None)
 
 
+PASS_BIAS = 0.04  # the fastest of 5 passes over the fastest of 20, same minute, quiet machine: 1.03-1.055 here
+
+
+def pass_bias(passes: int, table_passes: int) -> float:
+    """How much slower the fastest sample of ``passes`` passes reads than that of ``table_passes`` by chance alone:
+    :data:`PASS_BIAS` at 5 of 20, in proportion to the log of the ratio of passes (0 at as many passes)."""
+    import math
+
+    if passes >= table_passes or passes < 1:
+        return 0.0
+    return PASS_BIAS * math.log(table_passes / passes) / math.log(4)
+
+
 def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], timings: list[list[Any]]
                     ) -> tuple[float, ...]:
     """Per probe network, its figure now over its figure in the table, like for like. A table keeps the fastest
-    sample of all its passes (statistic 'min'); the fastest of fewer passes is slower by chance alone (on this
-    machine's 2 cores, 5 passes read 3-5.5% slower than 20 passes of the same minute), so a probe that ran fewer
-    passes than the table compares medians (the table stores each network's median too), which do not move with
-    the number of passes."""
+    sample of all its passes (statistic 'min'). A probe that ran fewer passes than the table has two estimates, and
+    takes the lower:
+
+    - its median over the median the table stored: unbiased on a quiet machine (medians do not move with the number
+      of passes), but in a burst of other load every median moves (back-to-back probes here read 1.00-1.38 by
+      medians within 5 minutes);
+    - its fastest sample over the table's, less :func:`pass_bias` (the fastest of 5 passes reads 3-5.5% slower than
+      the fastest of 20 of the same minute): bursts barely move it (the same probes read 1.03-1.16).
+
+    Other load only ever slows a machine, so the lower estimate is the less disturbed one."""
     from hilonas.latency.build import measurement_settings
     from hilonas.latency.measure import figure_ms
     from hilonas.latency.timing import pool_timings
@@ -411,7 +430,8 @@ def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], t
     for ts, (arch, ms) in zip(timings, nets):
         pooled = pool_timings(ts)
         if stat == "min" and few and medians.get(arch):
-            out.append(pooled.median_ms / medians[arch])
+            by_min = pooled.min_ms / ms / (1 + pass_bias(len(ts), measurement_settings(table)["rounds"]))
+            out.append(min(pooled.median_ms / medians[arch], by_min))
         else:
             out.append(figure_ms(pooled, stat) / ms)
     return tuple(out)

@@ -128,6 +128,36 @@ def test_a_probe_of_fewer_passes_compares_medians(tmp_path, cpu_fp, monkeypatch,
     assert result.factor == pytest.approx(1.2 if few else 1.3)
 
 
+def test_a_probe_in_a_burst_of_load_reads_its_fastest_samples(tmp_path, cpu_fp, monkeypatch):
+    """Bursts of other load move every median of a short probe (here to 1.4x the stored one) while its fastest
+    samples stay near the machine's speed (1.06x the stored fastest): the probe takes the lower estimate, the
+    fastest one less the bias of fewer passes."""
+    import time
+
+    table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
+    calibration = copy.deepcopy(table.calibration)
+    for net in calibration["networks"]:
+        net["median_ms"] = 1.1 * net["measured_ms"]
+    table.set_calibration(calibration)
+    table.set_settings({**table.settings, "rounds": 20, "statistic": "min"})
+    table.save()
+    stored = dict(probe_mod.probe_networks(table))
+
+    def fake_passes(archs, fp, **settings):
+        for _ in range(settings["rounds"]):
+            time.sleep(0.1)
+            yield [Timing(median_ms=1.54 * stored[a], spread=0.5, runs=3, device="cpu", threads=1, noisy=True,
+                          attempts=3, samples_ms=[1.06 * stored[a], 1.54 * stored[a], 2.0 * stored[a]])
+                   for a in archs]
+
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+    result = probe_mod.probe_speed(table, budget_s=0.25, blocks=0, pool=False)
+    bias = probe_mod.pass_bias(result.rounds, 20)
+    assert 0 < bias <= probe_mod.PASS_BIAS * 2 and probe_mod.pass_bias(5, 20) == pytest.approx(probe_mod.PASS_BIAS)
+    assert probe_mod.pass_bias(20, 20) == 0
+    assert result.factor == pytest.approx(1.06 / (1 + bias))
+
+
 def test_factor_far_from_one_is_one_warning_line(tmp_path, cpu_fp, capsys):
     table = _table_with_networks(tmp_path, cpu_fp, [1.0])
     assert probe_mod.warn_factor(1.1, table) is None and probe_mod.warn_factor(None, table) is None
