@@ -425,13 +425,14 @@ def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], t
 
     stat = table.statistic
     medians = dict(calibration_networks(table.calibration, "median_ms"))
-    few = len(timings[0]) < measurement_settings(table)["rounds"] if timings else False
+    table_passes = measurement_settings(table)["rounds"]
+    passes = len(timings[0]) if timings else table_passes
+    bias = pass_bias(passes, table_passes)
     out = []
     for ts, (arch, ms) in zip(timings, nets):
         pooled = pool_timings(ts)
-        if stat == "min" and few and medians.get(arch):
-            by_min = pooled.min_ms / ms / (1 + pass_bias(len(ts), measurement_settings(table)["rounds"]))
-            out.append(min(pooled.median_ms / medians[arch], by_min))
+        if stat == "min" and passes < table_passes and medians.get(arch):
+            out.append(min(pooled.median_ms / medians[arch], pooled.min_ms / ms / (1 + bias)))
         else:
             out.append(figure_ms(pooled, stat) / ms)
     return tuple(out)

@@ -97,12 +97,9 @@ def test_factor_is_the_median_ratio_and_is_recorded(tmp_path, cpu_fp, monkeypatc
     assert history[-2]["taken_at"] == f"t{MAX_PROBES + 2}"
 
 
-@pytest.mark.parametrize("passes", ["fewer than the table's", "as many as the table's"])
-def test_a_probe_of_fewer_passes_compares_medians(tmp_path, cpu_fp, monkeypatch, passes):
-    """The table keeps the fastest sample of 20 passes; the fastest of 3 is slower by chance, so a probe cut short
-    by its budget compares each network's median with the median the table stored, and a full probe the minimum."""
-    import time
-
+def _table_of_20_passes(tmp_path, cpu_fp) -> tuple[LatencyTable, dict]:
+    """A table that kept the fastest sample of 20 passes (statistic 'min') and medians 1.1x those; with its probe
+    networks' stored fastest figures."""
     table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
     calibration = copy.deepcopy(table.calibration)
     for net in calibration["networks"]:
@@ -110,19 +107,35 @@ def test_a_probe_of_fewer_passes_compares_medians(tmp_path, cpu_fp, monkeypatch,
     table.set_calibration(calibration)
     table.set_settings({**table.settings, "rounds": 20, "statistic": "min"})
     table.save()
-    few = passes.startswith("fewer")
-    stored = dict(probe_mod.probe_networks(table))
+    return table, dict(probe_mod.probe_networks(table))
+
+
+def _fake_passes(monkeypatch, stored: dict, samples: tuple[float, float, float], pause_s: float) -> None:
+    """Every probe pass times each network at ``samples`` x its stored fastest figure (fastest, median, slowest),
+    after ``pause_s`` (a budget of 0.25 s then ends a probe of 0.1-s passes after its 3 passes at least)."""
+    import time
+
+    fastest, median, slowest = samples
 
     def fake_passes(archs, fp, **settings):
         for _ in range(settings["rounds"]):
-            if few:
-                time.sleep(0.1)  # a budget of 0.25 s ends the probe after its 3 passes at least
-            # now: minimum 1.3x the stored minimum, median 1.2x the stored median
-            yield [Timing(median_ms=1.32 * stored[a], spread=0.1, runs=3, device="cpu", threads=1, noisy=False,
-                          attempts=1, samples_ms=[1.3 * stored[a], 1.32 * stored[a], 1.4 * stored[a]])
-                   for a in archs]
+            time.sleep(pause_s)
+            yield [Timing(median_ms=median * stored[a], spread=(slowest - fastest) / median, runs=3, device="cpu",
+                          threads=1, noisy=False, attempts=1,
+                          samples_ms=[fastest * stored[a], median * stored[a], slowest * stored[a]]) for a in archs]
 
     monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+
+
+@pytest.mark.parametrize("passes", ["fewer than the table's", "as many as the table's"])
+def test_a_probe_of_fewer_passes_compares_medians(tmp_path, cpu_fp, monkeypatch, passes):
+    """The table keeps the fastest sample of 20 passes; the fastest of 3 is slower by chance, so a probe cut short
+    by its budget compares each network's median with the median the table stored (here lower than its fastest
+    sample less the bias of fewer passes), and a full probe the minimum."""
+    table, stored = _table_of_20_passes(tmp_path, cpu_fp)
+    few = passes.startswith("fewer")
+    # now: minimum 1.3x the stored minimum, median 1.2x the stored median (1.32 / 1.1)
+    _fake_passes(monkeypatch, stored, (1.3, 1.32, 1.4), 0.1 if few else 0.0)
     result = probe_mod.probe_speed(table, budget_s=0.25 if few else 30, blocks=0)
     assert (result.rounds < 20) == few
     assert result.factor == pytest.approx(1.2 if few else 1.3)
@@ -132,25 +145,8 @@ def test_a_probe_in_a_burst_of_load_reads_its_fastest_samples(tmp_path, cpu_fp, 
     """Bursts of other load move every median of a short probe (here to 1.4x the stored one) while its fastest
     samples stay near the machine's speed (1.06x the stored fastest): the probe takes the lower estimate, the
     fastest one less the bias of fewer passes."""
-    import time
-
-    table = _table_with_networks(tmp_path, cpu_fp, [1.0, 2.0, 4.0])
-    calibration = copy.deepcopy(table.calibration)
-    for net in calibration["networks"]:
-        net["median_ms"] = 1.1 * net["measured_ms"]
-    table.set_calibration(calibration)
-    table.set_settings({**table.settings, "rounds": 20, "statistic": "min"})
-    table.save()
-    stored = dict(probe_mod.probe_networks(table))
-
-    def fake_passes(archs, fp, **settings):
-        for _ in range(settings["rounds"]):
-            time.sleep(0.1)
-            yield [Timing(median_ms=1.54 * stored[a], spread=0.5, runs=3, device="cpu", threads=1, noisy=True,
-                          attempts=3, samples_ms=[1.06 * stored[a], 1.54 * stored[a], 2.0 * stored[a]])
-                   for a in archs]
-
-    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+    table, stored = _table_of_20_passes(tmp_path, cpu_fp)
+    _fake_passes(monkeypatch, stored, (1.06, 1.54, 2.0), 0.1)
     result = probe_mod.probe_speed(table, budget_s=0.25, blocks=0, pool=False)
     bias = probe_mod.pass_bias(result.rounds, 20)
     assert 0 < bias <= probe_mod.PASS_BIAS * 2 and probe_mod.pass_bias(5, 20) == pytest.approx(probe_mod.PASS_BIAS)
