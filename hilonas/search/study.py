@@ -161,9 +161,16 @@ def recover_stale(study: optuna.Study, space: Any = None, exclusive: bool = True
         except optuna.exceptions.UpdateFinishedTrialError:  # its driver finished it meanwhile
             continue
         count += 1
-        if t.params and (space is None or params_in_space(space, t.params)):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        params = retry_params(t)
+        if params and (space is None or params_in_space(space, params)):
+            study.enqueue_trial(params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     return count
+
+
+def retry_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The architecture a stale trial was evaluating: its sampled params over the ones it was enqueued with (an
+    enqueued trial killed before its first suggest has only the latter). Empty when it was killed before sampling."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
 
 
 def stale_trial_ids(study: optuna.Study) -> list[int]:
