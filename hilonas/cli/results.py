@@ -94,8 +94,10 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
                f"params {prov['params'] / 1e6:.2f} M")
     if m.get("measured"):
         if m.get("speed_probe"):
-            typer.echo(f"  speed probe: this machine runs at {m['speed_factor']:.3f}x the table's speed "
-                       f"({m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms "
+            factor = m["speed_factor"]
+            typer.echo(f"  speed probe: latencies here are {factor:.3f}x the table's (this machine runs "
+                       f"{abs(factor - 1):.1%} {'slower' if factor >= 1 else 'faster'}; "
+                       f"{m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms "
                        "(each kind of block scaled by its own factor)")
         typer.echo(f"  re-measured in a fresh process: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs "
                    "predicted today)")
