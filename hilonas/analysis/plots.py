@@ -100,10 +100,20 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
     fig.update_layout(
         title="Accuracy (proxy) vs " + ("predicted latency" if x == "latency" else "throughput"),
         xaxis_title="predicted latency (ms, batch as measured)" if x == "latency" else "throughput (images/s)",
-        yaxis_title="top-1 accuracy (held-out): proxy; triangles: promoted (reference budget)",
+        yaxis_title=_accuracy_title(done),
         template="plotly_white", hovermode="closest",
         legend={"orientation": "h", "y": -0.2})
     return fig
+
+
+def _accuracy_title(done: pd.DataFrame) -> str:
+    """The accuracy axis: what the proxy points and the promoted triangles were scored on, when every study agrees."""
+    def one(column: str) -> str:
+        values = set(done[column].dropna()) if column in done else set()
+        return f" on {values.pop()}" if len(values) == 1 else ""
+
+    return (f"top-1 accuracy (held-out): proxy{one('proxy_data')}; "
+            f"triangles: promoted (reference budget){one('data')}")
 
 
 def _joins(fig: go.Figure, x0: pd.Series, y0: pd.Series, x1: pd.Series, y1: pd.Series, colour: str,

@@ -43,6 +43,8 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "fingerprint_id": settings.get("fingerprint_id"), "arch": arch,
             "latency_error": latency_error(r, settings), "measured_latency_ms": r.get("measured_latency_ms"),
             "promoted_accuracy": r.get("promoted_accuracy"),  # the reference-budget figure (hilonas.search.promote)
+            # What the proxy accuracy was scored on, and the data promotion trained on.
+            "proxy_data": settings.get("proxy_data", settings.get("data")), "data": settings.get("data"),
         }
         for i, st in enumerate(arch.get("stages", [])):
             for key in ("depth", "dim", "heads", "mixer", "alpha", "window", "mlp_ratio"):

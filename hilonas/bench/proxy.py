@@ -38,23 +38,29 @@ def correlations(scores: Sequence[float], reference: Sequence[float]) -> tuple[f
 
 # ----------------------------------------------------------------------------------------------------- workers
 _DATA = None
+_PROXY_DATA = None
 
 
-def _init_worker(data_spec: str | None, resolution: int, seed: int, val_fraction: float | None = None) -> None:
-    global _DATA
+def _init_worker(data_spec: str | None, resolution: int, seed: int, val_fraction: float | None = None,
+                 proxy_spec: str | None = None) -> None:
+    """Load the task's data and the data the short proxies train on (the same object when the specs agree)."""
+    global _DATA, _PROXY_DATA
     import warnings
 
     warnings.filterwarnings("ignore")
     from hilonas.proxy.data import load_dataset
 
     _DATA = load_dataset(data_spec, resolution=resolution, seed=seed, val_fraction=val_fraction)
+    _PROXY_DATA = _DATA if proxy_spec == data_spec else load_dataset(proxy_spec, resolution=resolution, seed=seed,
+                                                                     val_fraction=val_fraction)
 
 
 def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: int, threads: int,
                 reference_seeds: int = 1) -> dict[str, Any]:
     """Every proxy and the reference for one architecture (runs in a worker; the data was loaded once there).
 
-    The reference score is the mean held-out accuracy of ``reference_seeds`` runs (seeds ``seed``, ``seed + 1``, ...).
+    The short trainings run on the proxy data, the zero-cost scores and the reference on the task's data. The
+    reference score is the mean held-out accuracy of ``reference_seeds`` runs (seeds ``seed``, ``seed + 1``, ...).
     """
     from hilonas.latency.timing import num_threads
     from hilonas.proxy.train import adapt_arch, train_proxy
@@ -74,7 +80,7 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
             record["scores"][name] = value if math.isfinite(value) else None
             record["seconds"][name] = time.perf_counter() - t0
     for name, budget in budgets.items():
-        result = train_proxy(arch, data, budget, seed=seed, threads=threads)
+        result = train_proxy(arch, _PROXY_DATA, budget, seed=seed, threads=threads)
         record["train"][name] = {k: v for k, v in result.to_dict().items() if k != "loss_curve"}
         record["scores"][name] = result.accuracy
         record["seconds"][name] = result.seconds
@@ -91,9 +97,9 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
 
 # --------------------------------------------------------------------------------------------------------- bench
 def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, data: str | None = None,
-                    resolution: int = 32, budget: Any = None, reference_factor: float | None = None,
-                    extra_epochs: Sequence[float] = (), reference_seeds: int = 1, val_fraction: float | None = None,
-                    workers: int = 1, threads: int = 1,
+                    proxy_data: str | None = None, resolution: int = 32, budget: Any = None,
+                    reference_factor: float | None = None, extra_epochs: Sequence[float] = (),
+                    reference_seeds: int = 1, val_fraction: float | None = None, workers: int = 1, threads: int = 1,
                     log: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score ``n`` sampled architectures with every proxy and the reference; return the JSON-able report.
 
@@ -101,9 +107,12 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         space: a shipped space name or a space YAML.
         n: architectures to sample (>= 3).
         seed: sampling, data split, initialisation and batch order.
-        data: dataset spec (``None`` = the embedded default, cluttered digits).
+        data: dataset spec (``None`` = the embedded default, cluttered digits): the reference trains on it.
+        proxy_data: the data the short proxies train on (``"same"``: ``data``); by default the search's rule,
+            :func:`hilonas.proxy.data.proxy_data_spec`.
         resolution: proxy resolution.
-        budget: the default proxy budget (``ProxyBudget()`` when None); the reference is ``budget.scaled(factor)``.
+        budget: the default proxy budget (``ProxyBudget()`` when None); the reference is ``budget.scaled(factor)``
+            (as many images as ``factor`` proxies, at a batch of at least 64).
         reference_factor: how much longer the reference trains (default :data:`hilonas.proxy.train.REFERENCE_FACTOR`,
             the budget a search's front is promoted to).
         extra_epochs: other training budgets (in epochs) to report beside the default.
@@ -114,6 +123,7 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         log: a JSONL file; records already there (same arch, budgets and seed) are reused, new ones appended.
         progress: called with one line per finished architecture.
     """
+    from hilonas.proxy.data import proxy_data_spec
     from hilonas.proxy.train import DEFAULT_BUDGET, REFERENCE_FACTOR
     from hilonas.spaces import SearchSpace
 
@@ -124,7 +134,9 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
     archs = sp.random_archs(n, seed)
     budgets = _budgets(budget, extra_epochs)
     reference = budget.scaled(reference_factor)
-    setup = {"space": sp.name, "data": data or "default", "resolution": resolution, "seed": seed,
+    proxy_spec = proxy_data_spec(data, proxy_data)
+    setup = {"space": sp.name, "data": data or "default", "proxy_data": proxy_spec or "default",
+             "resolution": resolution, "seed": seed,
              "budgets": {k: _budget_dict(v) for k, v in budgets.items()}, "reference": _budget_dict(reference),
              "reference_seeds": reference_seeds, "val_fraction": val_fraction}
     log_path = Path(log) if log else None
@@ -144,7 +156,7 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
             f"{s['reference']:.3f} ({rec['seconds']['default']:.1f} s + {rec['seconds']['reference']:.1f} s)")
 
     jobs = [(a.to_dict(), budgets, reference, seed, threads, reference_seeds) for a in todo]
-    _score_all(jobs, workers, (data, resolution, seed, val_fraction), finish)
+    _score_all(jobs, workers, (data, resolution, seed, val_fraction, proxy_spec), finish)
     records = [done[json.dumps(a.to_dict(), sort_keys=True)] for a in archs]
     return _report(records, setup, budget, reference, reference_factor, workers, threads, time.perf_counter() - t_start)
 
@@ -272,7 +284,9 @@ def format_proxy_bench(report: dict[str, Any]) -> str:
     acc = report["reference_accuracy"]
     ref_line += (f", {ref_s:.1f} s/arch, held-out accuracy {acc['min']:.3f}-{acc['max']:.3f} "
                  f"(spread {report['reference_spread']:.1f} points)")
-    lines = [f"proxy fidelity on {report['space']} / {report['data']} at {report['resolution']}px: "
+    proxy_data = report.get("proxy_data", report["data"])
+    trained_on = report["data"] if proxy_data == report["data"] else f"{report['data']} (proxies on {proxy_data})"
+    lines = [f"proxy fidelity on {report['space']} / {trained_on} at {report['resolution']}px: "
              f"{report['n']} architectures, seed {report['seed']}, {report['workers']} worker(s) x "
              f"{report['threads']} thread(s)",
              ref_line,

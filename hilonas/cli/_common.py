@@ -228,7 +228,13 @@ def resolution_option() -> Any:
 
 def data_option() -> Any:
     return typer.Option(None, help="dataset: a folder, cifar10:PATH, cifar100:PATH, mnist (the embedded MNIST-5k), "
-                        "digits, cluttered:CANVAS:PIECES (default: the embedded cluttered digits)")
+                        "digits, cluttered:CANVAS:PIECES[:RENDERS] (default: the embedded cluttered digits)")
+
+
+def proxy_data_option() -> Any:
+    return typer.Option(None, help="data the short proxy trains and is scored on (same: --data itself); default: "
+                        "for the cluttered digits the same digits without fragments (cluttered:CANVAS:0:1), "
+                        "otherwise --data. Promotion and references train on --data")
 
 
 

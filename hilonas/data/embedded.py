@@ -38,11 +38,14 @@ def mnist5k() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     return images, labels, DIGIT_CLASSES
 
 
-@functools.lru_cache(maxsize=4)
-def cluttered(canvas: int, pieces: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """MNIST-5k rendered as cluttered digits on a ``canvas`` px canvas with ``pieces`` fragments (the shipped
-    rendering seed), with the same labels."""
+@functools.lru_cache(maxsize=8)
+def cluttered(canvas: int, pieces: int, render: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """MNIST-5k rendered as cluttered digits on a ``canvas`` px canvas with ``pieces`` fragments, with the same
+    labels. ``render`` k draws positions and fragments from seed ``RENDER_SEED + k``: 0 is the shipped rendering,
+    others re-render the same digits (the held-out split is scored on several renderings)."""
+    from hilonas.data.cluttered import RENDER_SEED
+
     images, labels, classes = mnist5k()
-    out = render_cluttered(images, canvas=canvas, pieces=pieces)
+    out = render_cluttered(images, canvas=canvas, pieces=pieces, seed=RENDER_SEED + render)
     out.flags.writeable = False
     return out, labels, classes

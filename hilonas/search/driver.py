@@ -64,7 +64,8 @@ class SearchSettings:
 
     space: str = "litv2_tiny"
     target: str = "cpu"
-    data: str | None = None
+    data: str | None = None  # the task's data: promotion trains on it
+    proxy_data: str | None = None  # what trials train on (hilonas.proxy.data.proxy_data_spec; 'same': data)
     trials: int = 16
     workers: int = 2
     study: str | None = None
@@ -220,11 +221,16 @@ class OpenedSearch:
     storage_url: str
     study: optuna.Study
     fingerprint: Fingerprint
-    data: Any  # the proxy dataset
+    data: Any  # the task's dataset (promotion)
     budget: dict[str, Any]
     stale_recovered: int
     lease: Lease | None = None  # this driver's lease on the study; released when the search ends
     space_hash: str | None = None  # the space's hash, stored on each new trial once the study's space has changed
+    proxy_data: Any = None  # the dataset trials train on (``data`` itself unless the proxy has its own)
+
+    def __post_init__(self) -> None:
+        if self.proxy_data is None:
+            self.proxy_data = self.data
 
 
 def open_search(settings: SearchSettings) -> OpenedSearch:
@@ -235,7 +241,7 @@ def open_search(settings: SearchSettings) -> OpenedSearch:
     driver holds the study (see :mod:`hilonas.search.lease`).
     """
     from hilonas.latency.fingerprint import current_fingerprint
-    from hilonas.proxy.data import load_dataset
+    from hilonas.proxy.data import load_dataset, proxy_data_spec
     from hilonas.proxy.train import ProxyBudget
 
     settings.check()
@@ -250,13 +256,16 @@ def open_search(settings: SearchSettings) -> OpenedSearch:
                                       batch=settings.latency_batch, resolution=img_size, dtype=settings.latency_dtype,
                                       backend=settings.latency_runtime)
     data = load_dataset(settings.data, resolution=settings.resolution, seed=settings.seed)
+    spec = proxy_data_spec(settings.data, settings.proxy_data)
+    proxy = data if spec == settings.data else load_dataset(spec, resolution=settings.resolution, seed=settings.seed)
     _check_auto_margin(settings, fingerprint)
     record = {"space": space.name, "space_source": space.source, "target": settings.target,
               "fingerprint_id": fingerprint.id, "objective": settings.objective,
-              "max_latency_ms": settings.max_latency_ms, "data": data.name, "budget": budget, "seed": settings.seed,
+              "max_latency_ms": settings.max_latency_ms, "data": data.name, "proxy_data": proxy.name,
+              "budget": budget, "seed": settings.seed,
               "resolution": settings.resolution, "img_size": img_size, "fingerprint": fingerprint.to_dict()}
     opened = OpenedSearch(space=space, name=name, storage_url=storage_url, study=None, fingerprint=fingerprint,
-                          data=data, budget=budget, stale_recovered=0)
+                          data=data, budget=budget, stale_recovered=0, proxy_data=proxy)
     _open_study(opened, settings, record)
     return opened
 
@@ -669,7 +678,7 @@ def _run_opened(settings: SearchSettings, opened: OpenedSearch, progress: bool,
         margin = resolve_margin(settings.latency_margin, table)
         record_latency_error(opened.study, margin, table)
         correction = speed_correction(opened.study, table, fingerprint, executor, settings.probe, opened.space)
-        data_ref = executor.put(opened.data)
+        data_ref = executor.put(opened.proxy_data)
         executor.warm_up()
         view = _Progress(progress, settings.trials, executor.description)
         view.update(studies.finished_count(opened.study), 0, 0, _front_size(opened.study))
@@ -680,7 +689,8 @@ def _run_opened(settings: SearchSettings, opened: OpenedSearch, progress: bool,
         loop_seconds = time.perf_counter() - loop_started
         view.close()
         view = None
-        promoted = _promote(settings, opened, loop, executor, data_ref, progress)
+        promoted = _promote(settings, opened, loop, executor,
+                            data_ref if opened.proxy_data is opened.data else None, progress)
     finally:
         if view is not None:
             view.close()
@@ -695,13 +705,16 @@ def _run_opened(settings: SearchSettings, opened: OpenedSearch, progress: bool,
 
 def _promote(settings: SearchSettings, opened: OpenedSearch, loop: SearchLoop, executor: Executor, data_ref: Any,
              progress: bool) -> int:
-    """Promote the front (:mod:`hilonas.search.promote`) on the search's executor while the keeper renews the lease."""
+    """Promote the front (:mod:`hilonas.search.promote`) on the search's executor while the keeper renews the lease.
+    Promotion trains on the task's data: ``data_ref`` when the trials shared it, else it is put now, once."""
     from hilonas.search.promote import promote_front
 
     if settings.promote <= 0:
         return 0
     say = (lambda line: print(line, file=sys.stderr)) if progress else None
     with _Keeper(loop):
+        if data_ref is None:
+            data_ref = executor.put(opened.data)
         return promote_front(opened.study, settings.promote, executor, data_ref, opened.budget, seed=settings.seed,
                              device="cuda" if settings.target == "cuda" else "cpu", evaluate=evaluate, say=say)
 

@@ -57,7 +57,9 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
     check_model_code(table, space.name)
     predictor = LatencyPredictor(table, measure_missing=on_target(settings, fingerprint),
                                  **studies.kept_correction(study))  # on the study's scale, like its trials
-    data = load_dataset(dataset_spec(settings.get("data")), resolution=int(settings["resolution"]),
+    # Landmarks sit among the trials, so they train on what the trials trained on.
+    data = load_dataset(dataset_spec(settings.get("proxy_data", settings.get("data"))),
+                        resolution=int(settings["resolution"]),
                         seed=int(settings["seed"]))
     kept = {r["landmark"]: r for r in studies.landmark_records(study)}
     records: list[dict[str, Any]] = []

@@ -25,8 +25,8 @@ SAMPLERS = ("nsga2", "tpe", "random")
 OBJECTIVES = ("latency", "throughput")
 SETTINGS_ATTR = "hilonas_settings"
 # Settings that must match when a study is resumed: changing them would mix incomparable trials.
-RESUME_KEYS = ("space", "target", "fingerprint_id", "objective", "max_latency_ms", "data", "budget", "seed",
-               "resolution")
+RESUME_KEYS = ("space", "target", "fingerprint_id", "objective", "max_latency_ms", "data", "proxy_data", "budget",
+               "seed", "resolution")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # Optuna's heartbeat, kept by the driver for every trial it has asked and not told yet (see driver._Keeper): a RUNNING
 # trial whose heartbeat is older than GRACE_SECONDS belongs to a driver that stopped.
@@ -119,6 +119,8 @@ def create_or_resume(name: str, storage: optuna.storages.BaseStorage, settings: 
 
 def _check_resume(name: str, study: optuna.Study, settings: dict[str, Any]) -> None:
     stored = json.loads(study.user_attrs.get(SETTINGS_ATTR, "{}"))
+    if "data" in stored:  # a study from before the proxy had data of its own trained its trials on ``data``
+        stored.setdefault("proxy_data", stored["data"])
     for key in RESUME_KEYS:
         if key in stored and stored[key] != settings.get(key):
             raise HilonasError(f"study {name!r} was started with {key}={stored[key]!r}, now {settings.get(key)!r}: "

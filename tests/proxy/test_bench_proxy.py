@@ -53,6 +53,24 @@ def test_bench_report_and_resume(tmp_path, micro_space, monkeypatch):
     assert again["proxies"] == report["proxies"]
 
 
+def test_short_proxies_train_on_the_proxy_data_and_the_reference_on_the_task(micro_space, monkeypatch):
+    import hilonas.proxy.train as train
+
+    real, seen = train.train_proxy, []
+
+    def spy(arch, data, budget, **kwargs):
+        seen.append((data.name, budget.steps))
+        return real(arch, data, budget, **kwargs)
+
+    monkeypatch.setattr(train, "train_proxy", spy)
+    report = bench.run_proxy_bench(str(micro_space), n=3, seed=0, data="cluttered:32:1:2", resolution=8,
+                                   budget=ProxyBudget(steps=1, batch_size=16), reference_factor=4)
+    assert report["proxy_data"] == "cluttered:32:0:1" and report["data"] == "cluttered:32:1:2"
+    # The proxy's step on the clean digits; the reference on the task at batch 64 (1 x 16 x 4 images: 1 step).
+    assert sorted(set(seen)) == [("cluttered:32:0:1", 1), ("cluttered:32:1:2", 1)] and len(seen) == 6
+    assert "(proxies on cluttered:32:0:1)" in bench.format_proxy_bench(report)
+
+
 def test_reference_agreement_is_the_spearman_between_reference_seeds():
     from hilonas.proxy.train import ProxyBudget
 

@@ -9,10 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-from hilonas.data.cluttered import render_cluttered
+from hilonas.data.cluttered import VAL_RENDERS, render_cluttered
 from hilonas.errors import HilonasError
-from hilonas.proxy.data import load_dataset
+from hilonas.proxy.data import load_dataset, proxy_data_spec
 
 DIGEST = """
 import hashlib, sys
@@ -71,7 +72,26 @@ def test_rendering_places_the_digit_and_the_clutter():
     assert int(out.sum()) > int(bare.sum())  # the fragments add strokes
 
 
-@pytest.mark.parametrize("spec", ["cluttered:20:2", "cluttered:40", "cluttered:40:x", "cluttered:40:2:1"])
+def test_the_held_out_digits_are_scored_on_several_renderings():
+    one = load_dataset("cluttered:32:2:1", resolution=8)
+    three = load_dataset("cluttered:32:2:3", resolution=8)
+    n = one.num_val
+    assert three.num_val == 3 * n and torch.equal(three.train_x, one.train_x)  # training split: rendering 0 only
+    assert torch.equal(three.val_x[:n], one.val_x) and torch.equal(three.val_y, one.val_y.repeat(3))
+    assert not torch.equal(three.val_x[n:2 * n], one.val_x)  # the same digits, placed and cluttered anew
+    assert load_dataset("cluttered:32:2", resolution=8).num_val == VAL_RENDERS * n
+
+
+def test_the_proxy_trains_on_the_cluttered_digits_without_fragments():
+    assert proxy_data_spec(None) == proxy_data_spec("cluttered") == "cluttered:40:0:1"
+    assert proxy_data_spec("cluttered:48:8:2") == "cluttered:48:0:1"
+    assert proxy_data_spec("cluttered:48:8", "same") == "cluttered:48:8"
+    assert proxy_data_spec(None, "mnist") == "mnist"
+    assert proxy_data_spec("digits") == "digits" and proxy_data_spec("/data/pets") == "/data/pets"
+
+
+@pytest.mark.parametrize("spec", ["cluttered:20:2", "cluttered:40", "cluttered:40:x", "cluttered:40:2:0",
+                                  "cluttered:40:2:1:1"])
 def test_a_malformed_cluttered_spec_is_one_clear_error(spec):
     with pytest.raises(HilonasError, match="cluttered:CANVAS:PIECES"):
         load_dataset(spec)

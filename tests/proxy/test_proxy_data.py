@@ -15,9 +15,10 @@ from hilonas.proxy.data import load_dataset
 def test_embedded_default_is_cluttered_digits_split_deterministically():
     data = load_dataset(resolution=32)
     assert data.name == "cluttered" and data.num_classes == 10 and data.resolution == 32
-    assert data.train_x.shape == (2500, 3, 32, 32) and data.val_x.shape == (2500, 3, 32, 32)
+    # 2,500 held-out digits, each scored on 4 renderings.
+    assert data.train_x.shape == (2500, 3, 32, 32) and data.val_x.shape == (10000, 3, 32, 32)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
-    assert torch.bincount(data.val_y).tolist() == [250] * 10  # stratified
+    assert torch.bincount(data.val_y).tolist() == [1000] * 10  # stratified
     assert not data.hflip  # digits are not mirror-symmetric
     # Normalised with the training split's statistics; grey repeated to 3 channels.
     assert abs(float(data.train_x.mean())) < 1e-3
@@ -31,7 +32,7 @@ def test_embedded_default_is_cluttered_digits_split_deterministically():
     assert sum(r.numpy().tobytes() in train_rows for r in data.val_x[:100, 0, ::4, ::4]) <= 2  # blank-ish duplicates
     # The plain MNIST subset stays available, split the same way.
     mnist = load_dataset("mnist", resolution=32)
-    assert mnist.name == "mnist5k" and torch.equal(mnist.val_y, data.val_y)
+    assert mnist.name == "mnist5k" and torch.equal(mnist.val_y, data.val_y[:2500])
 
 
 def test_digits_resolution_and_limits():

@@ -75,7 +75,11 @@ def test_budget_validation_and_schedule():
     assert ProxyBudget(epochs=2, batch_size=64).total_steps(4000) == 124  # 62 full batches per epoch
     assert ProxyBudget(steps=7).total_steps(4000) == 7
     assert ProxyBudget(epochs=1.5).scaled(10).epochs == 15
-    assert ProxyBudget(steps=3).scaled(10).steps == 30
+    # As many images as 10 proxies, at a batch of at least 64: the default batch of 32 runs half the steps at 64.
+    assert (ProxyBudget(steps=3).scaled(10).steps, ProxyBudget(steps=3).scaled(10).batch_size) == (15, 64)
+    assert (ProxyBudget(steps=3, batch_size=128).scaled(10).steps,
+            ProxyBudget(steps=3, batch_size=128).scaled(10).batch_size) == (30, 128)
+    assert ProxyBudget().scaled(10).batch_size == 64 and ProxyBudget().batch_size == 32
     # Linear warm-up to the peak, cosine to zero.
     assert _lr_factor(0, 100, 10) == pytest.approx(0.1)
     assert _lr_factor(9, 100, 10) == pytest.approx(1.0)

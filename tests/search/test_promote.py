@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
 
+from hilonas.errors import HilonasError
 from hilonas.search import study as studies
 from hilonas.search.objective import TrialResult
 
@@ -90,12 +92,14 @@ def test_promotion_resumes_after_kill_9_without_training_a_promoted_trial_again(
     summary = driver.run_search(local(settings, workdir, "p9", 3), progress=False)
     study = optuna.load_study(study_name="p9", storage=f"sqlite:///{db}")
     after = studies.promoted_results(study)
-    # Only the members not promoted before the kill were trained, each at 10x the search's 3 steps.
-    assert summary.promoted == len(candidates) - 1 and trained == [30] * (len(candidates) - 1)
+    # Only the members not promoted before the kill were trained, each on the images of 10 proxies (3 steps of 16)
+    # at the reference's batch of 64: 8 steps.
+    assert summary.promoted == len(candidates) - 1 and trained == [8] * (len(candidates) - 1)
     assert set(after) == set(candidates)
     number = next(iter(first))
     assert after[number] == first[number]  # the promoted record written before the kill stands
-    assert all(r["budget"]["steps"] == 30 and not r["failed"] for r in after.values())
+    assert all(r["budget"]["steps"] == 8 and r["budget"]["batch_size"] == 64 and not r["failed"]
+               for r in after.values())
 
     # A second run finds nothing left to promote.
     again = driver.run_search(local(settings, workdir, "p9", 3), progress=False)
@@ -148,3 +152,34 @@ def test_promote_must_be_a_whole_number(workdir, settings):
 
     with pytest.raises(HilonasError, match="--promote=-1"):
         run_search(settings(workdir, promote=-1), progress=False)
+
+
+def test_trials_train_on_the_proxy_data_and_promotion_on_the_task_data(workdir, settings, monkeypatch):
+    """On the cluttered digits the proxy trains without fragments (its default), promotion on the task itself; the
+    study records both, the results carry them, the page's accuracy axis names them, and a resume with another
+    proxy data is refused."""
+    import hilonas.search.driver as driver
+    from hilonas.analysis.plots import pareto_figure
+    from hilonas.latency.predictor import LatencyPredictor
+
+    seen: dict[str, set] = {"trial": set(), "promotion": set()}
+
+    def fake(payload, data):
+        seen["promotion" if payload.budget["steps"] > 3 else "trial"].add((data.name, data.num_val))
+        return TrialResult(accuracy=sum(payload.arch.embed_dims) / 100, failed=False, reason=None, flops=10,
+                           params=20, train_seconds=0.1, eval_seconds=0.1, proxy={}, host="h", pid=1)
+
+    monkeypatch.setattr(driver, "evaluate", fake)
+    monkeypatch.setattr(LatencyPredictor, "predict", fake_latency)
+    run = settings(workdir, study="pd", trials=4, workers=1, executor="local", promote=1, data="cluttered:32:2:2")
+    driver.run_search(run, progress=False)
+    assert seen == {"trial": {("cluttered:32:0:1", 2500)}, "promotion": {("cluttered:32:2:2", 5000)}}
+    study = studies.load_existing("pd", None, str(workdir / "runs"))
+    stored = studies.study_settings(study)
+    assert (stored["data"], stored["proxy_data"]) == ("cluttered:32:2:2", "cluttered:32:0:1")
+    df, _ = studies.study_results(["pd"], runs_dir=str(workdir / "runs"))
+    assert set(df["proxy_data"]) == {"cluttered:32:0:1"} and set(df["data"]) == {"cluttered:32:2:2"}
+    title = pareto_figure(df).layout.yaxis.title.text
+    assert "proxy on cluttered:32:0:1" in title and "(reference budget) on cluttered:32:2:2" in title
+    with pytest.raises(HilonasError, match="proxy_data='cluttered:32:0:1', now 'cluttered:32:2:2'"):
+        driver.run_search(replace(run, proxy_data="same"), progress=False)
