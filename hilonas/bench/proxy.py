@@ -108,13 +108,11 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         n: architectures to sample (>= 3).
         seed: sampling, data split, initialisation and batch order.
         data: dataset spec (``None`` = the embedded default, cluttered digits): the reference trains on it.
-        proxy_data: the data the short proxies train on (``"same"``: ``data``); by default the search's rule,
-            :func:`hilonas.proxy.data.proxy_data_spec`.
+        proxy_data: the short proxies' data (``"same"``: ``data``; default: the search's, ``proxy_data_spec``).
         resolution: proxy resolution.
         budget: the default proxy budget (``ProxyBudget()`` when None); the reference is ``budget.scaled(factor)``
             (as many images as ``factor`` proxies, at a batch of at least 64).
-        reference_factor: how much longer the reference trains (default :data:`hilonas.proxy.train.REFERENCE_FACTOR`,
-            the budget a search's front is promoted to).
+        reference_factor: how much longer the reference trains (default: a search's promotion budget).
         extra_epochs: other training budgets (in epochs) to report beside the default.
         reference_seeds: reference runs per architecture (their mean accuracy is the reference; default 1).
         val_fraction: held-out share of the dataset where it has no split of its own (None: the dataset's default).
@@ -136,9 +134,8 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
     reference = budget.scaled(reference_factor)
     proxy_spec = proxy_data_spec(data, proxy_data)
     setup = {"space": sp.name, "data": data or "default", "proxy_data": proxy_spec or "default",
-             "resolution": resolution, "seed": seed,
-             "budgets": {k: _budget_dict(v) for k, v in budgets.items()}, "reference": _budget_dict(reference),
-             "reference_seeds": reference_seeds, "val_fraction": val_fraction}
+             "resolution": resolution, "seed": seed, "budgets": {k: _budget_dict(v) for k, v in budgets.items()},
+             "reference": _budget_dict(reference), "reference_seeds": reference_seeds, "val_fraction": val_fraction}
     log_path = Path(log) if log else None
     done = _read_log(log_path, setup)
     todo = [a for a in archs if json.dumps(a.to_dict(), sort_keys=True) not in done]

@@ -137,12 +137,7 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
             raise HilonasError(f"{name}={value} must be >= 1 (or left out for every image)")
     text = "default" if spec is None else str(spec)
     if text in ("default", "cluttered") or text.startswith("cluttered:"):
-        canvas, pieces, renders = _cluttered_args(text)
-        x, y, classes = _cluttered(canvas, pieces)
-        tr, va = _split_idx(y, 0.5 if val_fraction is None else val_fraction, seed)
-        # The held-out digits once per rendering (the first is the training split's own rendering).
-        val_x = np.concatenate([_cluttered(canvas, pieces, k)[0][va] for k in range(renders)])
-        parts = (x[tr], y[tr], val_x, np.tile(y[va], renders))
+        parts, classes = _split_cluttered(text, 0.5 if val_fraction is None else val_fraction, seed)
         name, hflip = ("cluttered" if text == "default" else text), False
     elif text in ("mnist", "mnist5k"):
         x, y, classes = _mnist5k()
@@ -193,6 +188,16 @@ def _cluttered_args(text: str) -> tuple[int, int, int]:
                            "PIECES in 0..64 fragments and RENDERS in 1..16 renderings of the held-out digits "
                            f"(default {VAL_RENDERS}), e.g. cluttered:48:8, or plain cluttered for the default")
     return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _split_cluttered(text: str, val_fraction: float, seed: int) -> tuple[tuple, tuple[str, ...]]:
+    """The (train x, y, held-out x, y) of a cluttered spec: training digits in the first rendering, held-out digits
+    once per rendering (the split is a function of the labels and the seed, so the same in every rendering)."""
+    canvas, pieces, renders = _cluttered_args(text)
+    x, y, classes = _cluttered(canvas, pieces)
+    tr, va = _split_idx(y, val_fraction, seed)
+    val_x = np.concatenate([_cluttered(canvas, pieces, k)[0][va] for k in range(renders)])
+    return (x[tr], y[tr], val_x, np.tile(y[va], renders)), classes
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
