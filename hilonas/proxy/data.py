@@ -136,6 +136,9 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
         if value is not None and value < 1:
             raise HilonasError(f"{name}={value} must be >= 1 (or left out for every image)")
     text = "default" if spec is None else str(spec)
+    if not text.strip():  # Path("") is the current folder: never read it as a dataset by accident
+        raise HilonasError(f"--data {text!r} is empty: give a folder, cifar10:PATH, cifar100:PATH, mnist, digits, "
+                           "cluttered:CANVAS:PIECES, or leave the option out for the embedded cluttered digits")
     if text in ("default", "cluttered") or text.startswith("cluttered:"):
         parts, classes = _split_cluttered(text, 0.5 if val_fraction is None else val_fraction, seed)
         name, hflip = ("cluttered" if text == "default" else text), False

@@ -90,6 +90,15 @@ def test_the_proxy_trains_on_the_cluttered_digits_without_fragments():
     assert proxy_data_spec("digits") == "digits" and proxy_data_spec("/data/pets") == "/data/pets"
 
 
+@pytest.mark.parametrize("spec", ["", "  "])
+def test_an_empty_data_spec_is_refused_not_read_as_the_current_folder(spec, tmp_path, monkeypatch):
+    for digit in ("0", "1"):  # a folder that would load as an ImageFolder dataset
+        (tmp_path / digit).mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HilonasError, match="is empty: give a folder"):
+        load_dataset(spec)
+
+
 @pytest.mark.parametrize("spec", ["cluttered:20:2", "cluttered:40", "cluttered:40:x", "cluttered:40:2:0",
                                   "cluttered:40:2:1:1"])
 def test_a_malformed_cluttered_spec_is_one_clear_error(spec):
