@@ -156,14 +156,7 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
         parts = (train_x, train_y, val_x, val_y)
         name, hflip = f"{kind.lower()}:{path}", True
     else:
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise HilonasError(f"--data {text}: no such directory; give an ImageFolder directory (one sub-folder "
-                               "per class), cifar10:PATH, cifar100:PATH, mnist, digits, or leave it out for the "
-                               "embedded cluttered digits")
-        if not path.is_dir():
-            raise HilonasError(f"--data {text} is a file, not a directory: give an ImageFolder directory "
-                               "(one sub-folder of images per class)")
+        path = _folder(text)
         parts, classes = _read_image_folder(path, resolution, 0.2 if val_fraction is None else val_fraction, seed)
         name, hflip = f"folder:{path}", True
     train_x, train_y, val_x, val_y = parts
@@ -172,6 +165,19 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
     if max_val is not None:
         val_x, val_y = _subset(val_x, val_y, max_val, seed + 1)
     return _finish(train_x, train_y, val_x, val_y, classes, name, resolution, hflip)
+
+
+def _folder(text: str) -> Path:
+    """The ImageFolder directory a ``--data`` value names; HilonasError naming the value otherwise."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise HilonasError(f"--data {text}: no such directory; give an ImageFolder directory (one sub-folder "
+                           "per class), cifar10:PATH, cifar100:PATH, mnist, digits, or leave it out for the "
+                           "embedded cluttered digits")
+    if not path.is_dir():
+        raise HilonasError(f"--data {text} is a file, not a directory: give an ImageFolder directory "
+                           "(one sub-folder of images per class)")
+    return path
 
 
 # ------------------------------------------------------------------------------------------------------ embedded
