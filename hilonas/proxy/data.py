@@ -32,7 +32,8 @@ from hilonas.data.embedded import cluttered as _cluttered
 from hilonas.data.embedded import mnist5k as _mnist5k
 from hilonas.errors import HilonasError
 
-__all__ = ["ProxyData", "load_dataset", "dataset_spec", "proxy_data_spec", "SAME", "IMAGE_EXTENSIONS"]
+__all__ = ["ProxyData", "load_dataset", "dataset_spec", "data_name", "proxy_data_spec", "SAME", "IMAGE_EXTENSIONS",
+           "LEGACY_CLUTTERED"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 _SPLIT_DIRS = ("val", "test", "valid", "validation")
@@ -99,11 +100,31 @@ def proxy_data_spec(data: str | None, proxy_data: str | None = None) -> str | No
     return data
 
 
+# Studies and exports made before the embedded digits were named by their full spec stored the name "cluttered":
+# then canvas 40, 6 fragments, the held-out digits scored on 4 renderings.
+LEGACY_CLUTTERED = "cluttered:40:6:4"
+
+
+def data_name(name: str | None) -> str | None:
+    """A stored dataset name as this version names the same data: the legacy bare ``"cluttered"`` and short specs
+    (``"cluttered:48:8"``) spelled out in full, so a study is resumed on the data it was started on, never on
+    another default by accident."""
+    if name == "cluttered":
+        return LEGACY_CLUTTERED
+    if isinstance(name, str) and name.startswith("cluttered:"):
+        try:
+            return "cluttered:{}:{}:{}".format(*_cluttered_args(name))
+        except HilonasError:
+            return name
+    return name
+
+
 def dataset_spec(name: str | None) -> str | None:
     """The ``load_dataset`` spec that gives back a dataset named ``name`` (``ProxyData.name``, as studies store it):
-    'cluttered' -> the default, 'mnist5k' -> 'mnist', 'folder:/x' -> '/x', anything else ('digits', 'cifar10:/y',
-    'cluttered:48:8') as it is."""
-    if name is None or name in ("cluttered", "default"):
+    'mnist5k' -> 'mnist', 'folder:/x' -> '/x', the legacy 'cluttered' -> :data:`LEGACY_CLUTTERED`, anything else
+    ('digits', 'cifar10:/y', 'cluttered:40:3:4') as it is."""
+    name = data_name(name)
+    if name is None or name == "default":
         return None
     if name == "mnist5k":
         return "mnist"
@@ -141,7 +162,7 @@ def load_dataset(spec: str | Path | None = None, *, resolution: int = 32, val_fr
                            "cluttered:CANVAS:PIECES, or leave the option out for the embedded cluttered digits")
     if text in ("default", "cluttered") or text.startswith("cluttered:"):
         parts, classes = _split_cluttered(text, 0.5 if val_fraction is None else val_fraction, seed)
-        name, hflip = ("cluttered" if text == "default" else text), False
+        name, hflip = "cluttered:{}:{}:{}".format(*_cluttered_args(text)), False  # the full spec, default or not
     elif text in ("mnist", "mnist5k"):
         x, y, classes = _mnist5k()
         parts = _split(x, y, 0.5 if val_fraction is None else val_fraction, seed)

@@ -49,7 +49,7 @@ def test_loaders_never_touch_the_network(no_network):
     mnist5k.cache_clear()
     cluttered.cache_clear()
     data = load_dataset("cluttered:32:2", resolution=8, max_train=20, max_val=10)
-    assert data.name == "cluttered:32:2" and data.train_x.shape == (20, 3, 8, 8)
+    assert data.name == "cluttered:32:2:4" and data.train_x.shape == (20, 3, 8, 8)
     assert load_dataset("mnist", resolution=8, max_train=20, max_val=10).name == "mnist5k"
 
 

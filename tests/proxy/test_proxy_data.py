@@ -14,7 +14,8 @@ from hilonas.proxy.data import load_dataset
 
 def test_embedded_default_is_cluttered_digits_split_deterministically():
     data = load_dataset(resolution=32)
-    assert data.name == "cluttered" and data.num_classes == 10 and data.resolution == 32
+    # Named by its full spec (canvas, fragments, held-out renderings), as studies and exports record it.
+    assert data.name == "cluttered:40:6:4" and data.num_classes == 10 and data.resolution == 32
     # 2,500 held-out digits, each scored on 4 renderings.
     assert data.train_x.shape == (2500, 3, 32, 32) and data.val_x.shape == (10000, 3, 32, 32)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
@@ -153,7 +154,32 @@ def test_cifar_errors(tmp_path):
 def test_dataset_spec_inverts_the_names_studies_store():
     from hilonas.proxy.data import dataset_spec
 
-    assert dataset_spec("cluttered") is None and dataset_spec(None) is None and dataset_spec("mnist5k") == "mnist"
-    assert dataset_spec("cluttered:48:8") == "cluttered:48:8"
+    assert dataset_spec(None) is None and dataset_spec("mnist5k") == "mnist"
+    assert dataset_spec("cluttered:48:8") == "cluttered:48:8:4"  # short specs spelled out
+    assert dataset_spec("cluttered:40:3:4") == "cluttered:40:3:4"
+    # The bare name older studies stored is spelled out: the default of then (and of now).
+    assert dataset_spec("cluttered") == "cluttered:40:6:4" == load_dataset(resolution=8, max_train=10, max_val=10).name
     assert dataset_spec("folder:/data/pets") == "/data/pets"
     assert dataset_spec("cifar10:/data/c10") == "cifar10:/data/c10" and dataset_spec("digits") == "digits"
+
+
+def test_a_study_that_stored_the_bare_name_resumes_on_that_data_only(tmp_path):
+    """A study that stored the bare name "cluttered" resumes on the data it meant (the default, named in full now),
+    and is refused on other cluttered digits, naming both."""
+    import json
+
+    import optuna
+
+    from hilonas.errors import HilonasError
+    from hilonas.search import study as studies
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    old = optuna.create_study(study_name="old", storage=storage, directions=["maximize", "minimize"])
+    old.set_user_attr(studies.SETTINGS_ATTR, json.dumps({"data": "cluttered"}))
+    today = load_dataset(resolution=8, max_train=10, max_val=10).name
+    studies._check_resume("old", old, {"data": today, "proxy_data": today})
+    short = optuna.create_study(study_name="short", storage=storage, directions=["maximize", "minimize"])
+    short.set_user_attr(studies.SETTINGS_ATTR, json.dumps({"data": "cluttered:48:8", "proxy_data": "cluttered:48:0:1"}))
+    studies._check_resume("short", short, {"data": "cluttered:48:8:4", "proxy_data": "cluttered:48:0:1"})
+    with pytest.raises(HilonasError, match="data='cluttered:40:6:4', now 'cluttered:40:3:4'"):
+        studies._check_resume("old", old, {"data": "cluttered:40:3:4", "proxy_data": "cluttered:40:3:4"})
