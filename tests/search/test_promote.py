@@ -18,7 +18,7 @@ from hilonas.search import study as studies
 from hilonas.search.objective import TrialResult
 
 from ..shared import count_rows
-from .test_reliability import cli, wait_for
+from .faults import cli, wait_for
 
 # A driver in a child process: fake latency and accuracy; promotions (more than the search's 3 steps) are the
 # reference runs: the first returns at once, the next hangs until the process is killed.
