@@ -211,7 +211,8 @@ def latency_validate(space: str = space_option(),
 
         write_csv_rows(csv, result["rows"])
     if as_json:
-        echo_json({k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in FIGURES})
+        figures = {k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in FIGURES}
+        echo_json({**figures, "rows": result["rows"]})  # the per-network rows the CSV holds
         return
     _print_validation(result, f"{n} random networks of {sp.name} (seed {seed}) measured whole against {loaded.path}:")
     if csv:

@@ -53,8 +53,16 @@ def test_validate_json_and_csv(capsys, built, tmp_path):
     assert code == 0, err
     figures = json.loads(out)
     assert set(figures) == {"n", "within_5", "within_10", "mape", "p90_ape", "max_ape", "spearman", "bias", "drift",
-                            "probe", "within_5_drift_corrected", "within_10_drift_corrected", "mape_drift_corrected"}
+                            "probe", "within_5_drift_corrected", "within_10_drift_corrected", "mape_drift_corrected",
+                            "rows"}
     assert figures["n"] == 3
+    # The JSON carries the per-network rows the CSV holds, one per network, with the prediction and the measurement.
+    import csv as csv_module
+
+    with open(csv) as f:
+        written = list(csv_module.DictReader(f))
+    assert [r["arch"] for r in figures["rows"]] == [r["arch"] for r in written] and len(written) == 3
+    assert all(r["predicted_ms"] > 0 and r["measured_ms"] > 0 for r in figures["rows"])
     assert figures["probe"]["factor"] > 0 and figures["probe"]["networks"] == 3  # the tiny table's 3 networks
     assert 0 <= figures["within_10_drift_corrected"] <= 1
     assert len(csv.read_text().strip().splitlines()) == 4
