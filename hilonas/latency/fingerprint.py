@@ -23,7 +23,7 @@ from typing import Any
 from hilonas.errors import HilonasError
 
 __all__ = ["Fingerprint", "current_fingerprint", "current_like", "torch_dtype", "cpu_model_name", "machine_details",
-           "details_diff", "TARGETS", "BACKENDS", "DTYPES"]
+           "details_diff", "bf16_kernels_differ", "TARGETS", "BACKENDS", "DTYPES"]
 
 TARGETS = ("cpu", "cuda")
 BACKENDS = ("eager", "onnxruntime")  # how the network runs: the target's runtime (``--runtime``)
@@ -223,6 +223,29 @@ def _warn_without_bf16() -> None:
 
     print(f"warning: this CPU shows none of {', '.join(BF16_FLAGS)}: bfloat16 runs emulated, usually slower than "
           "float32; the table measures what it gets", file=sys.stderr)
+
+
+def _native_bf16(details: dict[str, Any]) -> bool | None:
+    """Whether a host with these :func:`machine_details` runs bfloat16 natively; None when its flags are unknown."""
+    flags = details.get("cpu_flags")
+    return bool(set(flags) & set(BF16_FLAGS)) if isinstance(flags, list) and flags else None
+
+
+def bf16_kernels_differ(fp: Fingerprint, table_details: dict[str, Any]) -> str | None:
+    """For a CPU bfloat16 target, what differs when the table's host ran bfloat16 natively and this one emulates it,
+    or the reverse (None otherwise, and when either side's flags are unknown).
+
+    The fingerprint id leaves ISA flags out (a float32 table built with AVX-512 kernels held within +-10% on an
+    AVX2-only host of the same name, once the speed probe scaled it), but emulated bfloat16 is another program: on
+    such a host it ran 15x slower than the table, unevenly across blocks, so no speed factor corrects it."""
+    if fp.device_kind != "cpu" or fp.dtype != "bfloat16":
+        return None
+    theirs, mine = _native_bf16(table_details), _native_bf16(_cpuinfo_facts())
+    if theirs is None or mine is None or theirs == mine:
+        return None
+    native = "runs it natively" if mine else f"has none of {', '.join(BF16_FLAGS)} (bfloat16 is emulated here)"
+    return (f"cpu_flags: the table's host ran bfloat16 {'natively' if theirs else 'emulated'} "
+            f"({' '.join(table_details.get('cpu_flags', [])) or 'none'}), this CPU {native}")
 
 
 # ------------------------------------------------------------------------------------------------ machine details

@@ -443,7 +443,8 @@ def warn_factor(factor: float | None, table: LatencyTable) -> str | None:
     if factor is None or abs(factor - 1) <= WARN_FACTOR:
         return None
     how = "slower" if factor > 1 else "faster"
-    line = (f"warning: this machine runs {abs(factor - 1):.0%} {how} than when {table.path} was measured "
+    by = f"{abs(factor - 1):.0%}" if 0.5 < factor < 2 else f"{max(factor, 1 / factor):.1f}x"
+    line = (f"warning: this machine runs {by} {how} than when {table.path} was measured "
             "(other processes loading it, or another host behind the same CPU name): latencies shown are scaled by "
             f"{factor:.2f}; for a table of this host run `hilonas latency build --recalibrate` on an idle "
             "machine")

@@ -142,11 +142,19 @@ class LatencyTable:
         return table
 
     def _check_fingerprint(self, expect: Fingerprint) -> None:
+        from hilonas.latency.fingerprint import bf16_kernels_differ
+
         if self.fingerprint.diff(expect):
             raise HilonasError(
                 f"latency table {self.path} was measured on other hardware or settings "
                 f"({self.fingerprint.describe_diff(expect)}; table value first): build a table for this target "
                 "with `hilonas latency build`, or pass --force to use it anyway")
+        kernels = bf16_kernels_differ(expect, self.details)
+        if kernels:
+            raise HilonasError(
+                f"latency table {self.path} does not hold on this CPU ({kernels}): build one here in another "
+                f"folder with `{expect.build_command()} --tables DIR` and pass --tables DIR, or pass --force to use "
+                "it anyway")
 
     @classmethod
     def _parse(cls, path: Path) -> tuple[Fingerprint, dict, dict | None, dict, dict]:

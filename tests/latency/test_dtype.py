@@ -56,6 +56,30 @@ def test_a_table_of_one_dtype_is_refused_for_another(tmp_path, tiny_space, cpu_f
     assert not table_path(cpu_fp, tmp_path).exists()  # the float32 table is another file
 
 
+def test_a_bf16_table_of_a_native_bf16_host_is_refused_where_bf16_is_emulated(tmp_path, monkeypatch, cpu_fp,
+                                                                                 bf16_fp):
+    native, emulated = ["avx2", "avx512f", "avx512_bf16"], ["avx2"]
+    for fp in (bf16_fp, cpu_fp):
+        table = LatencyTable(table_path(fp, tmp_path), fp)
+        table.set_details({"cpu_model": "AMD EPYC", "cpu_flags": native})
+        table.save()
+    monkeypatch.setattr(fpmod, "_cpuinfo_facts", lambda: {"cpu_flags": emulated})
+    with pytest.raises(HilonasError, match=r"cpu_flags: the table's host ran bfloat16 natively.*--tables DIR.*--force"):
+        LatencyTable.open(bf16_fp, tmp_path)
+    assert LatencyTable.open(bf16_fp, tmp_path, force=True).fingerprint == bf16_fp
+    assert LatencyTable.open(cpu_fp, tmp_path).fingerprint == cpu_fp  # float32: the probe's factor holds across ISAs
+    monkeypatch.setattr(fpmod, "_cpuinfo_facts", lambda: {"cpu_flags": ["avx512f", "amx_bf16"]})
+    assert LatencyTable.open(bf16_fp, tmp_path).fingerprint == bf16_fp  # another native host: the probe's business
+    monkeypatch.setattr(fpmod, "_cpuinfo_facts", lambda: {})  # flags not shown: nothing to go by
+    assert LatencyTable.open(bf16_fp, tmp_path).fingerprint == bf16_fp
+    table = LatencyTable.open(bf16_fp, tmp_path)
+    table.set_details({"cpu_model": "AMD EPYC", "cpu_flags": emulated})
+    table.save()
+    monkeypatch.setattr(fpmod, "_cpuinfo_facts", lambda: {"cpu_flags": native})
+    with pytest.raises(HilonasError, match=r"ran bfloat16 emulated \(avx2\), this CPU runs it natively"):
+        LatencyTable.open(bf16_fp, tmp_path)
+
+
 def test_export_remeasures_in_the_target_dtype(tmp_path):
     import yaml
 

@@ -160,6 +160,7 @@ def test_factor_far_from_one_is_one_warning_line(tmp_path, cpu_fp, capsys):
     line = probe_mod.warn_factor(1.3, table)
     err = capsys.readouterr().err.strip()
     assert err == line and "\n" not in err and "30% slower" in err and "--recalibrate" in err
+    assert "15.4x slower" in probe_mod.warn_factor(15.4, table) and "2.5x faster" in probe_mod.warn_factor(0.4, table)
 
 
 def _slowed_copy(table: LatencyTable, folder, factor: float) -> LatencyTable:
