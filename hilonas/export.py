@@ -299,7 +299,7 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     from hilonas.latency.external import measure_in_subprocess, serving_env_line
     from hilonas.latency.fingerprint import Fingerprint, current_like
     from hilonas.latency.predictor import LatencyPredictor
-    from hilonas.latency.probe import probe_groups, probe_speed, warn_factor
+    from hilonas.latency.probe import probe_groups, probe_speed, warn_factor, warn_kernels
     from hilonas.latency.table import LatencyTable
 
     stored = settings.get("fingerprint")
@@ -314,6 +314,7 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
         return {"measured": False, "reason": f"this machine is not the target ({target.describe_diff(here)})"}
     table = LatencyTable.open(target, tables_dir=tables_dir, force=True)
     check_model_code(table)
+    warn_kernels(table)
     speed = probe_speed(table, target, groups=probe_groups(arch)) if probe else None
     warn_factor(speed.factor if speed is not None else None, table)
     factor = speed.factor if speed is not None else 1.0

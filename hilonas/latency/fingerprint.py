@@ -23,7 +23,7 @@ from typing import Any
 from hilonas.errors import HilonasError
 
 __all__ = ["Fingerprint", "current_fingerprint", "current_like", "torch_dtype", "cpu_model_name", "machine_details",
-           "details_diff", "bf16_kernels_differ", "TARGETS", "BACKENDS", "DTYPES"]
+           "details_diff", "bf16_kernels_differ", "kernel_flags_differ", "TARGETS", "BACKENDS", "DTYPES"]
 
 TARGETS = ("cpu", "cuda")
 BACKENDS = ("eager", "onnxruntime")  # how the network runs: the target's runtime (``--runtime``)
@@ -229,6 +229,15 @@ def _native_bf16(details: dict[str, Any]) -> bool | None:
     """Whether a host with these :func:`machine_details` runs bfloat16 natively; None when its flags are unknown."""
     flags = details.get("cpu_flags")
     return bool(set(flags) & set(BF16_FLAGS)) if isinstance(flags, list) and flags else None
+
+
+def kernel_flags_differ(table_details: dict[str, Any]) -> str | None:
+    """``'avx2 avx512f avx512_bf16 avx512_vnni vs avx2'`` when the table's host had other kernel-changing ISA flags
+    (:data:`KERNEL_FLAGS`) than this CPU, else None (also when either side's flags are unknown)."""
+    theirs, mine = table_details.get("cpu_flags"), _cpuinfo_facts().get("cpu_flags")
+    if not isinstance(theirs, list) or not theirs or not mine or set(theirs) == set(mine):
+        return None
+    return f"{' '.join(theirs)} vs {' '.join(mine)}"
 
 
 def bf16_kernels_differ(fp: Fingerprint, table_details: dict[str, Any]) -> str | None:

@@ -162,8 +162,9 @@ def _start_probe(table: LatencyTable, fp: Fingerprint, probe: bool, budget_s: fl
                  space: SearchSpace) -> Any:
     """The start-of-run speed probe of the space's block groups (recorded in the table), or None when skipped or
     impossible."""
-    from hilonas.latency.probe import DEFAULT_PROBE_BUDGET_S, probe_speed, space_groups, warn_factor
+    from hilonas.latency.probe import DEFAULT_PROBE_BUDGET_S, probe_speed, space_groups, warn_factor, warn_kernels
 
+    warn_kernels(table)
     if not probe:
         return None
     speed = probe_speed(table, fp, budget_s=budget_s or DEFAULT_PROBE_BUDGET_S,

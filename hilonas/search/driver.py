@@ -355,7 +355,7 @@ def speed_correction(study: optuna.Study, table: LatencyTable, fingerprint: Fing
     warning says when the machine moved by more than the probe's warning threshold since. ``probe=False`` takes no
     probe (no correction for a new study).
     """
-    from hilonas.latency.probe import WARN_FACTOR, probe_speed, space_groups, warn_factor
+    from hilonas.latency.probe import WARN_FACTOR, probe_speed, space_groups, warn_factor, warn_kernels
     from hilonas.latency.table import MAX_PROBES
 
     kept = study.user_attrs.get(STUDY_SPEED_ATTR)
@@ -365,6 +365,7 @@ def speed_correction(study: optuna.Study, table: LatencyTable, fingerprint: Fing
         result = executor.run_pinned(_probe_task, fingerprint, groups, str(table.path.parent.resolve()),
                                      resource=hardware_resource(fingerprint), cpus=fingerprint.threads)
     elif probe:
+        warn_kernels(table)  # this process's CPU is the target's here (on a cluster a node measures)
         local = probe_speed(table, fingerprint, groups=groups)
         result = local.to_dict() if local is not None else None
     if result is not None:

@@ -344,3 +344,18 @@ def test_probe_speed_pools_with_the_tables_history(tmp_path, cpu_fp, monkeypatch
     assert LatencyTable.load(table.path).probes[-1]["own_factor"] == pytest.approx(1.3)
     unpooled = probe_mod.probe_speed(table, budget_s=5, blocks=0, pool=False)
     assert unpooled.factor == pytest.approx(1.3) and unpooled.pooled == 1
+
+
+def test_a_table_from_a_cpu_with_other_vector_instructions_is_one_note_line(tmp_path, cpu_fp, capsys, monkeypatch):
+    from hilonas.latency import fingerprint as fpmod
+
+    table = _table_with_networks(tmp_path, cpu_fp, [1.0])
+    monkeypatch.setattr(fpmod, "_cpuinfo_facts", lambda: {"cpu_flags": ["avx2"]})
+    assert probe_mod.warn_kernels(table) is None  # a table without host details: nothing to compare
+    table.set_details({"cpu_flags": ["avx2", "avx512f"]})
+    line = probe_mod.warn_kernels(table)
+    err = capsys.readouterr().err.strip()
+    assert err == line and "\n" not in err and "avx2 avx512f vs avx2 here" in err and "--tables DIR" in err
+    table.set_details({"cpu_flags": ["avx512f", "avx2"]})
+    monkeypatch.setattr(fpmod, "_cpuinfo_facts", lambda: {"cpu_flags": ["avx2", "avx512f"]})
+    assert probe_mod.warn_kernels(table) is None and capsys.readouterr().err == ""
