@@ -215,8 +215,7 @@ _WARNED_BF16 = False
 def _warn_without_bf16() -> None:
     """One stderr line when this CPU has no bfloat16 instructions: it still works, emulated and slow."""
     global _WARNED_BF16
-    flags = set(_cpuinfo_facts().get("cpu_flags", ()))
-    if _WARNED_BF16 or not flags or flags & set(BF16_FLAGS):
+    if _WARNED_BF16 or _native_bf16(_cpuinfo_facts()) is not False:
         return
     _WARNED_BF16 = True
     import sys
@@ -232,12 +231,12 @@ def _native_bf16(details: dict[str, Any]) -> bool | None:
 
 
 def kernel_flags_differ(table_details: dict[str, Any]) -> str | None:
-    """``'avx2 avx512f avx512_bf16 avx512_vnni vs avx2'`` when the table's host had other kernel-changing ISA flags
-    (:data:`KERNEL_FLAGS`) than this CPU, else None (also when either side's flags are unknown)."""
-    theirs, mine = table_details.get("cpu_flags"), _cpuinfo_facts().get("cpu_flags")
-    if not isinstance(theirs, list) or not theirs or not mine or set(theirs) == set(mine):
-        return None
-    return f"{' '.join(theirs)} vs {' '.join(mine)}"
+    """``'cpu flags avx2 avx512f avx512_bf16 avx512_vnni vs avx2'`` (:func:`details_diff` of the kernel-changing ISA
+    flags, :data:`KERNEL_FLAGS`) when the table's host had other ones than this CPU, else None (also when either
+    side's flags are unknown)."""
+    theirs = {"cpu_flags": table_details["cpu_flags"]} if table_details.get("cpu_flags") else {}
+    mine = {k: v for k, v in _cpuinfo_facts().items() if k == "cpu_flags" and v}
+    return next(iter(details_diff(theirs, mine)), None)
 
 
 def bf16_kernels_differ(fp: Fingerprint, table_details: dict[str, Any]) -> str | None:
