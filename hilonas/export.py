@@ -295,9 +295,10 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     probe taken now (unless ``probe`` is False; :mod:`hilonas.latency.probe`): ``error`` = measured / predicted
     today - 1; ``speed_factor`` is the probe's headline factor.
     """
-    from hilonas.latency.build import check_model_code, measurement_settings
+    from hilonas.latency.build import check_model_code
     from hilonas.latency.external import measure_in_subprocess, serving_env_line
     from hilonas.latency.fingerprint import Fingerprint, current_like
+    from hilonas.latency.measure import measurement_settings
     from hilonas.latency.predictor import LatencyPredictor
     from hilonas.latency.probe import probe_groups, probe_speed, warn_factor, warn_kernels
     from hilonas.latency.table import LatencyTable

@@ -699,9 +699,9 @@ def _latency(before: ArchConfig, after: ArchConfig | None, provenance: dict[str,
     networks' predictions (:func:`_predict_today`) and the smaller one's measurement, in the same passes as the
     dense one. With ``states`` (unstructured: the dense and the pruned weights) both are also timed with their real
     weights."""
-    from hilonas.latency.build import check_model_code, measurement_settings
+    from hilonas.latency.build import check_model_code
     from hilonas.latency.fingerprint import Fingerprint, current_fingerprint
-    from hilonas.latency.measure import figure_ms, measure_archs
+    from hilonas.latency.measure import figure_ms, measure_archs, measurement_settings
     from hilonas.latency.table import LatencyTable
 
     stored = provenance.get("fingerprint")

@@ -29,9 +29,9 @@ def run_latency_bench(space: str = "litv2_tiny", *, target: str = "cpu", threads
     """
     if archs < 1 or measure < 1:
         raise HilonasError(f"--archs={archs} and --measure={measure} must be >= 1")
-    from hilonas.latency.build import check_model_code, measurement_settings
+    from hilonas.latency.build import check_model_code
     from hilonas.latency.fingerprint import current_fingerprint
-    from hilonas.latency.measure import figure_ms, measure_archs
+    from hilonas.latency.measure import figure_ms, measure_archs, measurement_settings
     from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
     from hilonas.latency.table import LatencyTable
     from hilonas.spaces import SearchSpace

@@ -17,6 +17,7 @@ what a sum of blocks misses.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import sys
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
@@ -36,11 +37,10 @@ from hilonas.latency.predictor import LatencyPredictor
 from hilonas.latency.table import LatencyTable
 from hilonas.spaces import SearchSpace
 
-__all__ = ["build_table", "ensure_table", "table_complete", "BuildReport", "machine_busy", "table_settings",
-           "warn_busy", "check_model_code", "progress_bar", "measurement_settings", "DEFAULT_CALIB_NETWORKS"]
+__all__ = ["build_table", "ensure_table", "table_complete", "BuildReport", "machine_busy", "warn_busy",
+           "check_model_code", "progress_bar", "DEFAULT_CALIB_NETWORKS"]
 
 DEFAULT_CALIB_NETWORKS = 16
-DEFAULT_GROUP = 8
 
 
 @dataclass
@@ -58,6 +58,8 @@ class BuildReport:
         machine_busy: share of the CPUs other processes used when the build started (None when nothing was measured
             or the platform cannot tell).
         path: the table file.
+        speed_factor: when the table's earlier timings came from another host (or another boot of this one), the
+            speed probe's factor that put this build's timings on the table's scale (None: stored as measured).
     """
 
     table: LatencyTable
@@ -69,6 +71,7 @@ class BuildReport:
     calibration: str | None
     machine_busy: float | None
     path: str
+    speed_factor: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field but the table."""
@@ -150,18 +153,6 @@ def check_model_code(table: LatencyTable, space: str | None = None, *, warn: boo
     return message
 
 
-def _settings(**overrides: Any) -> dict[str, Any]:
-    """Measurement settings: :data:`hilonas.latency.measure.MEASURE_DEFAULTS` plus ``group``, with overrides."""
-    from hilonas.latency.measure import timing_settings
-
-    group = overrides.pop("group", None)
-    s = timing_settings(**overrides)
-    s["group"] = DEFAULT_GROUP if group is None else group
-    if isinstance(s["group"], bool) or not isinstance(s["group"], int) or s["group"] < 1:
-        raise HilonasError(f"group={s['group']!r} must be an integer >= 1")
-    return s
-
-
 def progress_bar(enabled: bool, *, label: str = "[bold]{task.description}", status: bool = False,
                  stderr: bool = True):
     """A rich Progress (label, bar, count, ``status`` field when asked, elapsed, ETA) on stderr or stdout, or a no-op
@@ -210,23 +201,6 @@ def _open(space: SearchSpace, fp: Fingerprint, tables_dir: str | Path, force: bo
     return space.at_resolution(fp.resolution), LatencyTable.open(fp, tables_dir, force=force)
 
 
-def table_settings(table: LatencyTable, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The table's own measurement settings (defaults where it has none), with ``overrides`` that are not None."""
-    from hilonas.latency.measure import MEASURE_DEFAULTS
-
-    known = (*MEASURE_DEFAULTS, "group")
-    base = {k: table.settings[k] for k in known if k in table.settings}
-    if table.entries and "statistic" not in table.settings:
-        base["statistic"] = "median"  # a table written before 'min' existed
-    return _settings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
-
-
-def measurement_settings(table: LatencyTable) -> dict[str, Any]:
-    """The protocol a whole network is measured with to compare with ``table``: its settings (defaults where it has
-    none) without the build-only ``group``; what ``measure_archs`` takes."""
-    return {k: v for k, v in table_settings(table, {}).items() if k != "group"}
-
-
 def warn_busy(busy: float | None) -> None:
     """A warning on stderr when other processes use more than a quarter of the CPUs (``busy`` from
     :func:`machine_busy`)."""
@@ -246,23 +220,30 @@ def _record_settings(table: LatencyTable, merged: dict[str, Any]) -> None:
 
 
 def _block_pass(table: LatencyTable, keys: Sequence[BlockKey], fp: Fingerprint, settings: dict[str, Any],
-                after: Callable[[BlockKey], None]) -> None:
+                after: Callable[[BlockKey], None], scale: TableScale | None) -> None:
     """One measurement pass over ``keys``, a group at a time; the table is saved after every group and ``after``
-    is called with each key once it is saved."""
+    is called with each key once it is saved. ``scale`` (:func:`_table_scale`) puts each timing on the table's
+    scale."""
     from hilonas.latency.measure import measure_blocks
 
     timing_kw = {k: v for k, v in settings.items() if k != "group"}
     for group in _chunks(keys, settings["group"]):
         timings = measure_blocks(group, fp, **{**timing_kw, "rounds": 1})
         for key, t in zip(group, timings):
-            table.add_pass(key, t, chain=settings["chain"] if key.kind == "block" else 1)
+            chain = settings["chain"] if key.kind == "block" else 1
+            extra = {}
+            if scale is not None:
+                t, factor = scale.blocks.at_table_speed(key, t, chain)
+                extra["measured_speed"] = round(factor, 5)
+            table.add_pass(key, t, chain=chain, **extra)
         table.save()
         for key in group:
             after(key)
 
 
 def _measure(table: LatencyTable, todo: list[BlockKey], archs: list[ArchConfig], fp: Fingerprint,
-             settings: dict[str, Any], bar: Any, on_block: Callable[[BlockKey], None] | None, label: str) -> list[Any]:
+             settings: dict[str, Any], bar: Any, on_block: Callable[[BlockKey], None] | None, label: str,
+             scale: TableScale | None = None) -> list[Any]:
     """The build's passes: pass ``r`` measures every block of ``todo`` still short of ``r + 1`` passes, then every
     network of ``archs`` once, then pass ``r + 1`` starts. A block's passes lie minutes apart, and blocks and
     networks share the machine's conditions. Returns the networks' pooled Timings."""
@@ -282,7 +263,7 @@ def _measure(table: LatencyTable, todo: list[BlockKey], archs: list[ArchConfig],
     passes: list[list[Any]] = [[] for _ in archs]
     try:
         for r in range(rounds):
-            _block_pass(table, [k for k in todo if table.passes(k) <= r], fp, settings, after)
+            _block_pass(table, [k for k in todo if table.passes(k) <= r], fp, settings, after, scale)
             if nets is not None:
                 for ts, t in zip(passes, next(nets)):
                     ts.append(t)
@@ -290,7 +271,53 @@ def _measure(table: LatencyTable, todo: list[BlockKey], archs: list[ArchConfig],
     finally:
         if nets is not None:
             nets.close()  # frees the networks kept between passes
-    return [pool_timings(ts) for ts in passes]
+    pooled = [pool_timings(ts) for ts in passes]
+    if scale is None:
+        return pooled
+    # Whole networks go on the table's scale by the probe's own network factor (what the probe networks ran at).
+    f = scale.networks
+    return [dataclasses.replace(t, median_ms=t.median_ms / f, samples_ms=[ms / f for ms in t.samples_ms])
+            for t in pooled]
+
+
+class TableScale(NamedTuple):
+    """How timings measured here go on a table's scale: blocks by the predictor's :meth:`~LatencyPredictor.
+    at_table_speed` (the speed probe's correction), whole networks divided by the probe's network factor."""
+
+    blocks: LatencyPredictor
+    networks: float
+
+
+def _table_scale(table: LatencyTable, fp: Fingerprint, measuring: bool) -> TableScale | None:
+    """What puts this build's timings on the table's scale, when the table's earlier timings came from another host.
+
+    A table is one host's speed: its speed probe scales every prediction to the machine it runs on, which holds
+    only while every entry shares that scale. Two hosts behind one fingerprint differ by 25% or more, so blocks
+    measured here and stored beside another host's would put a new space's predictions that far off after the
+    probe. So when the table has entries and its ``machine`` section names another host (:func:`~hilonas.latency.
+    probe.host_id`: hostname and boot; a table that names none counts as another's), a speed probe is taken first
+    (recorded in the table's history) and every block and network measured now is divided by the factor the probe
+    finds for it (``measured_speed`` on the block's entry). None (timings stored as measured) for a new table or
+    a table of this host, whose ``machine`` section then names this host, or for a table without calibration
+    networks to probe with (a warning says so).
+    """
+    from hilonas.latency.probe import host_id, probe_speed
+
+    if not measuring:
+        return None
+    if not table.entries or table.details.get("host") == host_id():
+        table.set_details({**machine_details(fp.device_kind), "host": host_id()})  # the host measuring now
+        return None
+    probe = probe_speed(table, fp, pool=False)
+    if probe is None:
+        print("warning: this table was measured on another host and has no calibration networks to compare this "
+              "machine's speed with: the timings measured now are stored as measured (build the space into a "
+              "table of its own with --tables DIR for figures on one scale)", file=sys.stderr)
+        return None
+    print(f"note: this table was measured on another host; this machine runs at {probe.factor:.3f}x its speed "
+          f"(speed probe, {probe.seconds:.1f} s): what is measured now is stored on the table's scale",
+          file=sys.stderr)
+    return TableScale(LatencyPredictor(table, **probe.correction()), probe.factor)
 
 
 def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path = DEFAULT_TABLES_DIR,
@@ -317,6 +344,8 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     """
     if isinstance(calib_networks, bool) or not isinstance(calib_networks, int) or calib_networks < 0:
         raise HilonasError(f"--calib-networks={calib_networks!r} must be an integer >= 0")
+    from hilonas.latency.measure import table_settings
+
     started = time.perf_counter()
     space, table = _open(space, fp, tables_dir, force)
     check_model_code(table, space.name)
@@ -328,8 +357,7 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     busy = machine_busy() if todo or need_cal else None
     warn_busy(busy)
     _record_settings(table, merged)
-    if todo or need_cal:  # the host these measurements come from
-        table.set_details(machine_details(fp.device_kind))
+    scale = _table_scale(table, fp, bool(todo or need_cal))
     cal_archs = space.sample_distinct(calib_networks, f"calibration:{seed}") if need_cal else []
     earlier = _earlier_networks(table, space.name, set(cal_archs), merged["statistic"]) if need_cal else []
     if recalibrate:  # the machine may have changed: every network of the calibration is measured again
@@ -339,7 +367,7 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
     else:
         spaces = [space.name] * len(cal_archs)
     with progress_bar(progress and bool(todo or need_cal)) as bar:
-        timings = _measure(table, todo, cal_archs, fp, merged, bar, on_block, space.name)
+        timings = _measure(table, todo, cal_archs, fp, merged, bar, on_block, space.name, scale)
     if cal_archs:
         table.set_calibration(_calibrate(table, cal_archs, timings, merged["statistic"], seed, spaces, earlier))
         table.save()
@@ -347,7 +375,8 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
         table.save()
     return BuildReport(table=table, blocks_total=len(keys), blocks_measured=new_keys, blocks_completed=len(todo),
                        networks_measured=len(cal_archs), seconds=round(time.perf_counter() - started, 2),
-                       calibration=(table.calibration or {}).get("method"), machine_busy=busy, path=str(table.path))
+                       calibration=(table.calibration or {}).get("method"), machine_busy=busy, path=str(table.path),
+                       speed_factor=None if scale is None else round(scale.networks, 5))
 
 
 def _earlier_networks(table: LatencyTable, space: str, exclude: set[ArchConfig],
@@ -399,6 +428,8 @@ def _calibrate(table: LatencyTable, archs: list[ArchConfig], timings: list[Any],
 
 def table_complete(space: SearchSpace, fp: Fingerprint, table: LatencyTable, **kwargs: Any) -> bool:
     """Whether ``table`` has every block of ``space`` (all passes) and its calibration: nothing to measure."""
+    from hilonas.latency.measure import table_settings
+
     calib = kwargs.get("calib_networks", DEFAULT_CALIB_NETWORKS)
     rounds = table_settings(table, {"rounds": kwargs.get("rounds")})["rounds"]
     keys = space.at_resolution(fp.resolution).enumerate_blocks()

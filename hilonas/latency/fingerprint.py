@@ -391,7 +391,7 @@ def details_diff(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str
     neither side knows its max MHz and they differ by more than 2%."""
     a, b = a or {}, b or {}
     out = []
-    for key in [k for k in a if k in b]:
+    for key in [k for k in a if k in b and k != "host"]:  # 'host' (a build's host id) is no fact of the hardware
         va, vb = a[key], b[key]
         if key == "cpu_mhz":
             if "max_mhz" in a or "max_mhz" in b or not _numbers(va, vb) or \

@@ -26,7 +26,7 @@ or an onnxruntime session built from the same module.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -38,14 +38,18 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.runtime import runner, uses_fused
 from hilonas.latency.timing import Rebuilt, Timing, round_robin, time_rounds
 
+if TYPE_CHECKING:
+    from hilonas.latency.table import LatencyTable
+
 __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
            "measure_arch", "measure_archs", "network_passes", "figure_ms", "timing_settings", "steady_allocator",
-           "MEASURE_DEFAULTS", "STATISTICS"]
+           "table_settings", "measurement_settings", "MEASURE_DEFAULTS", "STATISTICS"]
 
 MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 20,
                                     "chain": 3, "statistic": "min"}
 STATISTICS = ("min", "median")
 HARNESS_KEYS = ("warmup", "repeats", "max_spread", "max_attempts")
+DEFAULT_GROUP = 8  # blocks a table's build measures together
 
 
 class Head(nn.Module):
@@ -89,6 +93,32 @@ def timing_settings(**overrides: Any) -> dict[str, Any]:
     if s["statistic"] not in STATISTICS:
         raise HilonasError(f"statistic={s['statistic']!r} is unknown: use one of {', '.join(STATISTICS)}")
     return s
+
+
+def _settings(**overrides: Any) -> dict[str, Any]:
+    """Measurement settings: :data:`MEASURE_DEFAULTS` plus ``group`` (blocks built and timed together by a table's
+    build), with overrides."""
+    group = overrides.pop("group", None)
+    s = timing_settings(**overrides)
+    s["group"] = DEFAULT_GROUP if group is None else group
+    if isinstance(s["group"], bool) or not isinstance(s["group"], int) or s["group"] < 1:
+        raise HilonasError(f"group={s['group']!r} must be an integer >= 1")
+    return s
+
+
+def table_settings(table: LatencyTable, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The table's own measurement settings (defaults where it has none), with ``overrides`` that are not None."""
+    known = (*MEASURE_DEFAULTS, "group")
+    base = {k: table.settings[k] for k in known if k in table.settings}
+    if table.entries and "statistic" not in table.settings:
+        base["statistic"] = "median"  # a table written before 'min' existed
+    return _settings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def measurement_settings(table: LatencyTable) -> dict[str, Any]:
+    """The protocol a whole network is measured with to compare with ``table``: its settings (defaults where it has
+    none) without the build-only ``group``; what ``measure_archs`` takes."""
+    return {k: v for k, v in table_settings(table, {}).items() if k != "group"}
 
 
 def figure_ms(timing: Timing, statistic: str = "min") -> float:

@@ -15,12 +15,16 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.latency.calibration import Calibration, block_group
 from hilonas.latency.keys import BlockKey, arch_blocks
 from hilonas.latency.table import LatencyTable
+
+if TYPE_CHECKING:
+    from hilonas.latency.timing import Timing
 
 __all__ = ["LatencyPredictor", "MissingBlockError", "block_group"]
 
@@ -122,18 +126,23 @@ class LatencyPredictor:
         kw = {k: v for k, v in self.table.settings.items() if k in MEASURE_DEFAULTS}
         timing = measure_block(key, self.table.fingerprint, **kw)
         chain = kw.get("chain", MEASURE_DEFAULTS["chain"]) if key.kind == "block" else 1
-        # Measured at this run's speed, stored at the table's: divided by the factor predict() applies to the block
-        # (group factor, size term, speed factor), so today's prediction of it is what was measured, not its square.
-        today = self.group_factors.get(block_group(key), self._default_group) * self.speed_factor
-        if self.size_exponent and timing.median_ms > 0:
-            today *= (timing.median_ms / chain / today) ** self.size_exponent
-        if today != 1.0:
-            timing = dataclasses.replace(timing, median_ms=timing.median_ms / today,
-                                         samples_ms=[ms / today for ms in timing.samples_ms])
+        timing, today = self.at_table_speed(key, timing, chain)
         extra = {"measured_speed": round(today, 5)} if today != 1.0 else {}
         self.table.add(key, timing, chain=chain, source="measure_missing", **extra)
         self.table.save()
         self._remember(key)
+
+    def at_table_speed(self, key: BlockKey, timing: Timing, chain: int) -> tuple[Timing, float]:
+        """``timing`` of ``key`` (``chain`` copies) measured at this run's speed, put on the table's scale: divided
+        by the factor :meth:`predict` applies to the block (group factor, size term, speed factor), so today's
+        prediction of it is what was measured, not its square. Returns it with that factor."""
+        today = self.group_factors.get(block_group(key), self._default_group) * self.speed_factor
+        if self.size_exponent and timing.median_ms > 0:
+            today *= (timing.median_ms / chain / today) ** self.size_exponent
+        if today == 1.0:
+            return timing, today
+        return dataclasses.replace(timing, median_ms=timing.median_ms / today,
+                                   samples_ms=[ms / today for ms in timing.samples_ms]), today
 
     def predict_raw(self, arch: ArchConfig) -> float:
         """Plain sum of the blocks' medians (ms), no calibration."""

@@ -192,8 +192,7 @@ NETWORK_SHARE = 0.7  # of the probe's budget, for the networks (they set the lev
 def _block_pass(blocks: list[BlockKey], table: LatencyTable, fp: Fingerprint) -> list[Any]:
     """One pass over ``blocks`` as the table's build times them (a group of blocks at a time, built afresh, one
     round), with one attempt per timing. Returns one Timing per block."""
-    from hilonas.latency.build import measurement_settings, table_settings
-    from hilonas.latency.measure import measure_blocks
+    from hilonas.latency.measure import measure_blocks, measurement_settings, table_settings
 
     size = table_settings(table, {})["group"]
     settings = {**measurement_settings(table), "rounds": 1, "max_attempts": 1}
@@ -206,8 +205,7 @@ def _passes(blocks: list[BlockKey], nets: list[ArchConfig], table: LatencyTable,
     (as the build times them), as many as fit before ``deadline`` (``time.perf_counter``; at least _MIN_ROUNDS, at
     most the table's rounds): stop when one more pass, as long as the last one, would overrun. Returns, per block
     or network, its Timings."""
-    from hilonas.latency.build import measurement_settings
-    from hilonas.latency.measure import network_passes
+    from hilonas.latency.measure import measurement_settings, network_passes
 
     settings = measurement_settings(table)
     out: list[list[Any]] = [[] for _ in [*blocks, *nets]]
@@ -419,8 +417,7 @@ def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], t
       the fastest of 20 of the same minute): bursts barely move it (the same probes read 1.03-1.16).
 
     Other load only ever slows a machine, so the lower estimate is the less disturbed one."""
-    from hilonas.latency.build import measurement_settings
-    from hilonas.latency.measure import figure_ms
+    from hilonas.latency.measure import figure_ms, measurement_settings
     from hilonas.latency.timing import pool_timings
 
     stat = table.statistic
@@ -446,8 +443,8 @@ def warn_factor(factor: float | None, table: LatencyTable) -> str | None:
     by = f"{abs(factor - 1):.0%}" if 0.5 < factor < 2 else f"{max(factor, 1 / factor):.1f}x"
     line = (f"warning: this machine runs {by} {how} than when {table.path} was measured "
             "(other processes loading it, or another host behind the same CPU name): latencies shown are scaled by "
-            f"{factor:.2f}; for a table of this host run `hilonas latency build --recalibrate` on an idle "
-            "machine")
+            f"{factor:.2f}; for a table of this host build one on an idle machine: `hilonas latency build "
+            "--space SPACE --tables DIR`")
     print(line, file=sys.stderr)
     return line
 

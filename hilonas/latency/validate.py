@@ -24,7 +24,7 @@ from typing import Any
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_TABLES_DIR
-from hilonas.latency.build import machine_busy, progress_bar, table_settings, warn_busy
+from hilonas.latency.build import machine_busy, progress_bar, warn_busy
 from hilonas.latency.calibration import calibration_networks
 from hilonas.latency.fingerprint import Fingerprint
 from hilonas.latency.predictor import LatencyPredictor, MissingBlockError
@@ -110,8 +110,9 @@ def validate_table(space: SearchSpace, fp: Fingerprint, n: int = 50, seed: int =
     _check_blocks(LatencyPredictor(table), archs)
     speed = _start_probe(table, fp, probe, probe_budget_s, space)
     predictor = LatencyPredictor(table, **(speed.correction() if speed is not None else {}))
+    from hilonas.latency.measure import figure_ms, measure_archs, table_settings
+
     merged = table_settings(table, settings)
-    from hilonas.latency.measure import figure_ms, measure_archs
 
     busy = machine_busy()
     warn_busy(busy)

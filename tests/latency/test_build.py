@@ -62,7 +62,8 @@ def test_build_killed_mid_way_resumes_where_it_stopped(tmp_path, tiny_space, cpu
     assert report.path == str(table.path) and report.to_dict()["blocks_measured"] == len(keys) - 6
     assert "table" not in report.to_dict() and set(report.to_dict()) == {
         "blocks_total", "blocks_measured", "blocks_completed", "networks_measured", "seconds", "calibration",
-        "machine_busy", "path"}
+        "machine_busy", "path", "speed_factor"}
+    assert report.speed_factor is None  # the killed build ran on this host: nothing is rescaled
     assert set(table.entries) == {k.id for k in keys}
     assert table.calibration["fitted_on"] == 4 and len(table.calibration["networks"]) == 4
     assert table.settings["statistic"] == "min" and table.settings["repeats"] == FAST["repeats"]
@@ -210,3 +211,68 @@ def test_a_second_space_adds_its_networks_to_the_calibration(tmp_path, tiny_spac
     cal = LatencyTable.open(cpu_fp, tmp_path).calibration
     assert measured == [5] and cal["fitted_on"] == 5
     assert sorted(n["space"] for n in cal["networks"]) == ["test_tiny"] * 3 + ["test_tiny_sra"] * 2
+
+
+def test_a_second_space_built_into_another_hosts_table_goes_on_its_scale(tmp_path, tiny_space, cpu_fp, monkeypatch):
+    """A table is one host's speed. Blocks and networks of a second space measured here, into a table that a host
+    twice as fast measured, are stored divided by the speed probe's factor (recorded as ``measured_speed``) and the
+    table keeps naming its own host, so one probe later predicts every network of both spaces at this machine's
+    speed. On the table's own host nothing is probed or scaled."""
+    from hilonas.latency import probe as probe_mod
+    from hilonas.latency.keys import arch_blocks
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.timing import Timing
+    from hilonas.spaces import SearchSpace
+
+    from ..shared import TINY_SPACE
+
+    slow = {"x": 1.0}  # this host's time over the table host's
+
+    def true_ms(key):  # the table host's time for one block
+        return 6.0 if key.kind == "stem" else 1.0 + key.dim / 8 + (0.5 if key.mixer == "sra" else 0.0)
+
+    def timing(ms):
+        return Timing(median_ms=ms, spread=0.0, runs=1, samples_ms=[ms], device="cpu", threads=1, noisy=False,
+                      attempts=1)
+
+    def net_ms(arch):
+        return sum(n * true_ms(k) for k, n in arch_blocks(arch).items()) * slow["x"]
+
+    def fake_passes(archs, fp, **settings):
+        for _ in range(settings["rounds"]):
+            yield [timing(net_ms(a)) for a in archs]
+
+    monkeypatch.setattr("hilonas.latency.measure.measure_blocks",
+                        lambda keys, fp, **s: [timing(true_ms(k) * slow["x"]) for k in keys])
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", fake_passes)
+    first = build_table(tiny_space, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=6, **FAST)
+    assert first.speed_factor is None and first.table.details["host"] == probe_mod.host_id()
+
+    table = LatencyTable.open(cpu_fp, tmp_path)  # now pretend another host measured it, and this one is 2x slower
+    table.set_details({**table.details, "host": "elsewhere"})
+    table.save()
+    slow["x"] = 2.0
+    other = SearchSpace.from_dict({**TINY_SPACE, "name": "test_tiny_sra",
+                                   "stages": [TINY_SPACE["stages"][0],
+                                              {**TINY_SPACE["stages"][1], "mixer": "sra", "window": 2}]}, "other")
+    report = build_table(other, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4, **FAST)
+    assert report.speed_factor == pytest.approx(2.0)
+    table = LatencyTable.open(cpu_fp, tmp_path)
+    assert table.details["host"] == "elsewhere" and table.probes[-1]["factor"] == pytest.approx(2.0)
+    new = [k for k in other.enumerate_blocks() if k.mixer == "sra"]
+    assert new and all(table.entries[k.id]["measured_speed"] == pytest.approx(2.0) for k in new)
+    assert all(table.latency_ms(k) == pytest.approx(true_ms(k)) for k in other.enumerate_blocks())
+    nets = [n for n in table.calibration["networks"] if n["space"] == "test_tiny_sra"]
+    assert len(nets) == 4 and all(n["measured_ms"] == pytest.approx(net_ms(ArchConfig.from_dict(n["arch"])) / 2)
+                                  for n in nets)
+    today = LatencyPredictor(table, **probe_mod.probe_speed(table, pool=False).correction())
+    plain = LatencyPredictor(table)
+    for arch in other.sample_distinct(5, "check") + tiny_space.sample_distinct(5, "check"):
+        assert today.predict(arch) == pytest.approx(2.0 * plain.predict(arch))
+
+    monkeypatch.setattr(probe_mod, "probe_speed", lambda *a, **k: pytest.fail("probed on the table's own host"))
+    table.set_details({**table.details, "host": probe_mod.host_id()})
+    table.save()
+    again = build_table(other, cpu_fp, tables_dir=tmp_path, progress=False, calib_networks=4, recalibrate=True,
+                        **FAST)
+    assert again.speed_factor is None

@@ -159,7 +159,7 @@ def test_factor_far_from_one_is_one_warning_line(tmp_path, cpu_fp, capsys):
     assert probe_mod.warn_factor(1.1, table) is None and probe_mod.warn_factor(None, table) is None
     line = probe_mod.warn_factor(1.3, table)
     err = capsys.readouterr().err.strip()
-    assert err == line and "\n" not in err and "30% slower" in err and "--recalibrate" in err
+    assert err == line and "\n" not in err and "30% slower" in err and "--tables DIR" in err
     assert "15.4x slower" in probe_mod.warn_factor(15.4, table) and "2.5x faster" in probe_mod.warn_factor(0.4, table)
 
 
