@@ -141,6 +141,26 @@ def test_a_probe_of_fewer_passes_compares_medians(tmp_path, cpu_fp, monkeypatch,
     assert result.factor == pytest.approx(1.2 if few else 1.3)
 
 
+@pytest.mark.parametrize("passes", [3, 9, 10, 15])
+def test_medians_are_compared_only_when_a_spell_cut_the_probe_short(tmp_path, cpu_fp, passes):
+    """On a host whose timings spread less than the table host's (here median 1.03x the fastest, against the
+    table's 1.1x) medians read fast. A probe of at least half the table's passes compares fastest samples alone;
+    one cut to fewer also compares medians and takes the lower."""
+    table, stored = _table_of_20_passes(tmp_path, cpu_fp)
+    nets = probe_mod.probe_networks(table)
+
+    def timing(ms):  # one pass: fastest 1.2x the stored fastest, median 1.03x that
+        return Timing(median_ms=1.03 * 1.2 * ms, spread=0.05, runs=3, device="cpu", threads=1, noisy=False,
+                      attempts=1, samples_ms=[1.2 * ms, 1.03 * 1.2 * ms, 1.1 * 1.2 * ms])
+
+    ratios = probe_mod._network_ratios(table, nets, [[timing(ms)] * passes for _, ms in nets])
+    fastest = 1.2 / (1 + probe_mod.pass_bias(passes, 20))
+    medians = 1.03 * 1.2 / 1.1
+    expected = min(fastest, medians) if passes < probe_mod.MEDIAN_GUARD * 20 else fastest
+    assert ratios == pytest.approx([expected] * len(nets))
+    assert (expected == pytest.approx(medians)) == (passes < 10)
+
+
 def test_a_probe_in_a_burst_of_load_reads_its_fastest_samples(tmp_path, cpu_fp, monkeypatch):
     """Bursts of other load move every median of a short probe (here to 1.4x the stored one) while its fastest
     samples stay near the machine's speed (1.06x the stored fastest): the probe takes the lower estimate, the
