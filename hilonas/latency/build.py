@@ -17,7 +17,6 @@ what a sum of blocks misses.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import sys
@@ -271,13 +270,8 @@ def _measure(table: LatencyTable, todo: list[BlockKey], archs: list[ArchConfig],
     finally:
         if nets is not None:
             nets.close()  # frees the networks kept between passes
-    pooled = [pool_timings(ts) for ts in passes]
-    if scale is None:
-        return pooled
     # Whole networks go on the table's scale by the probe's own network factor (what the probe networks ran at).
-    f = scale.networks
-    return [dataclasses.replace(t, median_ms=t.median_ms / f, samples_ms=[ms / f for ms in t.samples_ms])
-            for t in pooled]
+    return [pool_timings(ts).divided_by(scale.networks if scale is not None else 1.0) for ts in passes]
 
 
 class TableScale(NamedTuple):

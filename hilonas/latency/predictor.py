@@ -12,7 +12,6 @@ this machine, adds it to the table and saves it.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -139,10 +138,7 @@ class LatencyPredictor:
         today = self.group_factors.get(block_group(key), self._default_group) * self.speed_factor
         if self.size_exponent and timing.median_ms > 0:
             today *= (timing.median_ms / chain / today) ** self.size_exponent
-        if today == 1.0:
-            return timing, today
-        return dataclasses.replace(timing, median_ms=timing.median_ms / today,
-                                   samples_ms=[ms / today for ms in timing.samples_ms]), today
+        return timing.divided_by(today), today
 
     def predict_raw(self, arch: ArchConfig) -> float:
         """Plain sum of the blocks' medians (ms), no calibration."""

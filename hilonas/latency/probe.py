@@ -429,12 +429,12 @@ def _network_ratios(table: LatencyTable, nets: list[tuple[ArchConfig, float]], t
     out = []
     for ts, (arch, ms) in zip(timings, nets):
         pooled = pool_timings(ts)
-        if stat == "min" and passes < MEDIAN_GUARD * table_passes and medians.get(arch):
-            out.append(min(pooled.median_ms / medians[arch], pooled.min_ms / ms / (1 + bias)))
-        elif stat == "min":
-            out.append(pooled.min_ms / ms / (1 + bias))
-        else:
-            out.append(figure_ms(pooled, stat) / ms)
+        ratio = figure_ms(pooled, stat) / ms
+        if stat == "min":
+            ratio /= 1 + bias
+            if passes < MEDIAN_GUARD * table_passes and medians.get(arch):
+                ratio = min(ratio, pooled.median_ms / medians[arch])
+        out.append(ratio)
     return tuple(out)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Union
 
 import torch
@@ -62,6 +62,12 @@ class Timing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def divided_by(self, factor: float) -> Timing:
+        """This timing with every figure divided by ``factor`` (put on another machine's scale); itself for 1."""
+        if factor == 1.0:
+            return self
+        return replace(self, median_ms=self.median_ms / factor, samples_ms=[ms / factor for ms in self.samples_ms])
 
     @property
     def min_ms(self) -> float:
