@@ -24,6 +24,7 @@ from hilonas.cli._common import (
     target_option,
     threads_option,
 )
+from hilonas.errors import HilonasError
 from hilonas.latency.build import DEFAULT_CALIB_NETWORKS  # torch-free at import
 
 app = typer.Typer(no_args_is_help=True, help="Latency tables: build one for this machine, validate it.")
@@ -148,7 +149,10 @@ def latency_build(space: str = space_option(),
                   resolution: Optional[int] = resolution_option(),
                   tables: str = tables_option(),
                   force: bool = typer.Option(False, "--force", help="use a table whose fingerprint differs"),
-                  recalibrate: bool = typer.Option(False, "--recalibrate", help="refit the calibration"),
+                  recalibrate: bool = typer.Option(False, "--recalibrate",
+                                                   help="measure the calibration networks again and refit"),
+                  refit: bool = typer.Option(False, "--refit", help="refit the calibration on the networks the "
+                                             "table stores, measuring nothing"),
                   calib_networks: int = count_option(DEFAULT_CALIB_NETWORKS, minimum=0,
                                                      help="whole networks measured for the calibration (0: none)"),
                   repeats: Optional[int] = count_option(None, help="timed calls per pass (default 12)", maximum=10_000),
@@ -157,16 +161,27 @@ def latency_build(space: str = space_option(),
     """Measure every block of a space on this machine into its latency table, then fit the calibration."""
     fp, sp = fingerprint_for(target, threads, batch, resolution, space, dtype=dtype, runtime=runtime)
     quiet_torch()
-    from hilonas.latency.build import build_table
+    from hilonas.latency.build import build_table, refit_table
 
-    report = build_table(sp, fp, tables_dir=tables, calib_networks=calib_networks, progress=not as_json, force=force,
-                         recalibrate=recalibrate, repeats=repeats, rounds=rounds)
-    stats, cal = report.to_dict(), report.table.calibration or {}
-    if as_json:
-        echo_json({"fingerprint_id": fp.id, **stats})
-        return
-    typer.echo(f"{stats['blocks_total']} blocks ({stats['blocks_measured']} measured now), "
-               f"{stats['networks_measured']} calibration networks, in {stats['seconds']:.1f} s")
+    if refit:
+        if recalibrate:
+            raise HilonasError("--refit and --recalibrate exclude each other: --refit refits on the stored figures, "
+                               "--recalibrate measures the networks again; pass one")
+        refitted = refit_table(fp, tables, force=force)
+        stats, cal = {"path": str(refitted.path), "refitted": True}, refitted.calibration or {}
+        if as_json:
+            echo_json({"fingerprint_id": fp.id, **stats, "calibration": {k: v for k, v in cal.items()
+                                                                         if k != "networks"}})
+            return
+    else:
+        report = build_table(sp, fp, tables_dir=tables, calib_networks=calib_networks, progress=not as_json,
+                             force=force, recalibrate=recalibrate, repeats=repeats, rounds=rounds)
+        stats, cal = report.to_dict(), report.table.calibration or {}
+        if as_json:
+            echo_json({"fingerprint_id": fp.id, **stats})
+            return
+        typer.echo(f"{stats['blocks_total']} blocks ({stats['blocks_measured']} measured now), "
+                   f"{stats['networks_measured']} calibration networks, in {stats['seconds']:.1f} s")
     if cal:
         typer.echo(f"calibration: {cal.get('method')} (scale {cal.get('scale', 1):.3f}, intercept "
                    f"{cal.get('intercept_ms', 0):.3f} ms, leave-one-out error {cal.get('loo_mape', {})})")

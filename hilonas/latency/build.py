@@ -36,7 +36,7 @@ from hilonas.latency.predictor import LatencyPredictor
 from hilonas.latency.table import LatencyTable
 from hilonas.spaces import SearchSpace
 
-__all__ = ["build_table", "ensure_table", "table_complete", "BuildReport", "machine_busy", "warn_busy",
+__all__ = ["build_table", "refit_table", "ensure_table", "table_complete", "BuildReport", "machine_busy", "warn_busy",
            "check_model_code", "progress_bar", "DEFAULT_CALIB_NETWORKS"]
 
 DEFAULT_CALIB_NETWORKS = 16
@@ -373,18 +373,38 @@ def build_table(space: SearchSpace, fp: Fingerprint, *, tables_dir: str | Path =
                        speed_factor=None if scale is None else round(scale.networks, 5))
 
 
-def _earlier_networks(table: LatencyTable, space: str, exclude: set[ArchConfig],
+def refit_table(fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR, *, force: bool = False) -> LatencyTable:
+    """Refit the calibration of the table of ``fp`` on the networks it stores, with their stored figures: nothing
+    is measured, so any machine may do it (after an upgrade changed how calibrations are chosen, say). The
+    calibration keeps its seed; ``fitted_at`` says when it was refitted.
+
+    Raises:
+        HilonasError: no table, or a table without calibration networks.
+    """
+    table = LatencyTable.open(fp, tables_dir, force=force)
+    cal = table.calibration or {}
+    statistic = str(cal.get("statistic") or table.statistic)
+    stored = _earlier_networks(table, None, set(), statistic)
+    if not stored:
+        raise HilonasError(f"{table.path} stores no calibration networks to refit on: measure them with `"
+                           f"{fp.build_command()} --tables {tables_dir}`")
+    table.set_calibration(_calibrate(table, [], [], statistic, int(cal.get("seed") or 0), [], stored))
+    table.save()
+    return table
+
+
+def _earlier_networks(table: LatencyTable, space: str | None, exclude: set[ArchConfig],
                       statistic: str) -> list[tuple[ArchConfig, dict[str, Any]]]:
     """The networks of the table's calibration that came from other spaces (one table serves every space measured
     on its hardware): kept in the refit, so building a second space does not fit the calibration to it alone.
-    Networks of ``space`` itself, those in ``exclude`` (measured again now) and those of another statistic are
-    left out."""
+    Networks of ``space`` itself (None: keep every space's), those in ``exclude`` (measured again now) and those
+    of another statistic are left out."""
     cal = table.calibration or {}
     if cal.get("statistic", statistic) != statistic:
         return []
     out = []
     for net in cal.get("networks", []):
-        if not isinstance(net, dict) or net.get("space") == space:
+        if not isinstance(net, dict) or (space is not None and net.get("space") == space):
             continue
         try:
             arch = ArchConfig.from_dict(net["arch"]).validate().canonical()

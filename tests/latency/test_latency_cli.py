@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from hilonas.cli import main
+from hilonas.config import ArchConfig
 from hilonas.latency.build import build_table
 
 from ..shared import assert_one_line_error
@@ -43,6 +44,38 @@ def test_build_is_resumable_and_prints_counts(capsys, built):
     code, out, err = run(capsys, "latency", "build", "--space", str(space), "--tables", str(table.path.parent))
     assert code == 0, err
     assert f"{len(table)} blocks (0 measured now)" in out and str(table.path) in out
+
+
+def test_refit_refits_on_the_stored_networks_and_measures_nothing(capsys, built, monkeypatch, tmp_path):
+    """``latency build --refit`` fits the calibration again on the networks the table stores, with their stored
+    figures (any machine may do it: nothing is measured); the seed and the networks are kept."""
+    from hilonas.latency.calibration import fit_calibration
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.table import LatencyTable
+
+    space, table = built
+    stored = table.calibration
+    table.set_calibration({**stored, "method": "manual", "scale": 9.0, "intercept_ms": 0.0})
+    table.save()
+    monkeypatch.setattr("hilonas.latency.measure.measure_blocks", lambda *a, **k: pytest.fail("measured a block"))
+    monkeypatch.setattr("hilonas.latency.measure.network_passes", lambda *a, **k: pytest.fail("measured a network"))
+    code, out, err = run(capsys, "latency", "build", "--space", str(space), "--tables", str(table.path.parent),
+                         "--refit", "--json")
+    assert code == 0, err
+    refitted = LatencyTable.load(table.path).calibration
+    predictor = LatencyPredictor(table)
+    archs = [ArchConfig.from_dict(n["arch"]) for n in stored["networks"]]
+    expected = fit_calibration([predictor.breakdown(a) for a in archs], [n["measured_ms"] for n in stored["networks"]])
+    assert refitted["method"] == expected.method and refitted["scale"] == pytest.approx(expected.scale)
+    assert refitted["seed"] == stored["seed"] and refitted["fitted_on"] == len(archs)
+    assert [n["measured_ms"] for n in refitted["networks"]] == [n["measured_ms"] for n in stored["networks"]]
+    assert json.loads(out)["calibration"]["method"] == expected.method
+
+    assert_one_line_error(run(capsys, "latency", "build", "--space", str(space), "--tables", str(table.path.parent),
+                              "--refit", "--recalibrate"), "--refit", "--recalibrate")
+    assert_one_line_error(run(capsys, "latency", "build", "--space", str(space), "--tables", str(tmp_path / "none"),
+                              "--refit"), "no calibration networks", "--tables")
+    assert not (tmp_path / "none").exists()
 
 
 def test_validate_json_and_csv(capsys, built, tmp_path):
