@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from dataclasses import replace
@@ -265,7 +266,7 @@ def _record_measurement(opened: Any, number: int, m: dict[str, Any]) -> None:
 
     measured = dict(opened.user_attrs.get(MEASURED_EXPORTS_ATTR, {}))
     measured[str(number)] = {k: m[k] for k in ("measured_latency_ms", "predicted_today_ms", "speed_factor", "error",
-                                               "measured_at")}
+                                               "measured_at", "beside_factor", "error_drift_corrected") if k in m}
     opened.set_user_attr(MEASURED_EXPORTS_ATTR, measured)
 
 
@@ -294,13 +295,19 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     statistic of the table the prediction came from. It is compared with the table's prediction corrected by a speed
     probe taken now (unless ``probe`` is False; :mod:`hilonas.latency.probe`): ``error`` = measured / predicted
     today - 1; ``speed_factor`` is the probe's headline factor.
+
+    With the probe, the probe's networks are also timed in the fresh process, in the same passes as the exported
+    one: ``beside_factor`` is their median ratio to the table then, and ``error_drift_corrected`` compares with
+    the prediction at that speed (today's prediction / ``speed_factor`` * ``beside_factor``), as ``latency
+    validate``'s drift-corrected figures do: what is left is the table's own error, not the machine's moves since
+    the probe.
     """
     from hilonas.latency.build import check_model_code
     from hilonas.latency.external import measure_in_subprocess, serving_env_line
     from hilonas.latency.fingerprint import Fingerprint, current_like
     from hilonas.latency.measure import measurement_settings
     from hilonas.latency.predictor import LatencyPredictor
-    from hilonas.latency.probe import probe_groups, probe_speed, warn_factor, warn_kernels
+    from hilonas.latency.probe import probe_groups, probe_networks, probe_speed, warn_factor, warn_kernels
     from hilonas.latency.table import LatencyTable
 
     stored = settings.get("fingerprint")
@@ -322,13 +329,20 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     predictor = LatencyPredictor(table, **(speed.correction() if speed is not None else {}))
     base, today = predictor.predict_base(arch), predictor.predict(arch)
     settings = measurement_settings(table)
+    beside = probe_networks(table) if speed is not None else []
     m = measure_in_subprocess(arch_yaml, threads=target.threads, batch=target.batch, statistic=settings["statistic"],
                               device=target.device_kind, dtype=target.dtype, runtime=target.backend,
-                              settings=settings)
-    return {"measured": True, **m, "predicted_base_ms": base, "speed_factor": factor,
-            "speed_probe": speed.to_dict() if speed is not None else None, "predicted_today_ms": today,
-            "error": m["measured_latency_ms"] / today - 1.0, "environment": serving_env_line(),
-            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                              settings=settings, companions={"fingerprint": target.to_dict(), "archs": [
+                                  a.to_dict() for a, _ in beside]} if beside else None)
+    out = {"measured": True, **m, "predicted_base_ms": base, "speed_factor": factor,
+           "speed_probe": speed.to_dict() if speed is not None else None, "predicted_today_ms": today,
+           "error": m["measured_latency_ms"] / today - 1.0, "environment": serving_env_line(),
+           "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if beside:
+        now = statistics.median(ms / stored for ms, (_, stored) in zip(out.pop("companions_ms"), beside))
+        out.update(beside_factor=now, predicted_beside_ms=today / factor * now,
+                   error_drift_corrected=m["measured_latency_ms"] / (today / factor * now) - 1.0)
+    return out
 
 
 def _train_weights(arch: ArchConfig, settings: dict[str, Any], folder: Path, epochs: float | None,

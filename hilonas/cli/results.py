@@ -101,10 +101,19 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
                        "(each kind of block scaled by its own factor)")
         typer.echo(f"  re-measured in a fresh process: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs "
                    "predicted today)")
+        if "error_drift_corrected" in m:
+            typer.echo(f"  the probe's networks, timed beside it, ran {m['beside_factor']:.3f}x the table: "
+                       f"{m['error_drift_corrected']:+.1%} vs the prediction at that speed "
+                       f"({m['predicted_beside_ms']:.2f} ms), the table's own error")
         typer.echo(f"  to see this figure in your own process, start it with: {m['environment']} python ...")
-        if abs(m["error"]) > WARN_ERROR:
-            typer.echo(f"warning: measured latency differs from the prediction by {m['error']:+.1%} "
+        table_error = m.get("error_drift_corrected", m["error"])
+        if abs(table_error) > WARN_ERROR:
+            typer.echo(f"warning: measured latency differs from the prediction by {table_error:+.1%} "
                        f"(more than {WARN_ERROR:.0%}); check `hilonas latency validate`", err=True)
+        elif abs(m["error"]) > WARN_ERROR:
+            typer.echo(f"note: the machine's speed moved since the probe: {m['error']:+.1%} against the probe's "
+                       f"prediction, {table_error:+.1%} at the speed the probe's networks ran beside the export",
+                       err=True)
     elif m:
         typer.echo(f"  not re-measured: {m['reason']}")
     for p in prov.get("limit", {}).get("passed_over", []):

@@ -4,8 +4,12 @@
 network with ``hilonas.create_model(ARCH_YAML)`` (the exported file, exactly what a user loads) in the target's dtype
 and runtime (an onnxruntime session is built from that model), times it with the table's protocol
 (:mod:`hilonas.latency.timing`: warm-up, ``rounds`` passes of ``repeats`` calls, the table's statistic) and prints one
-JSON object. Unlike the table's own measuring process it sets nothing on the allocator: the environment it is started
-with is the whole serving setup, so the figure is what a plain process under that environment sees.
+JSON object. With ``--companions JSON`` (a target fingerprint and a list of networks: the table's probe networks) it
+times those networks too, built as the table built them, in the same passes (round robin): how fast the machine ran
+while the exported model was timed, which a speed probe taken before cannot see (the machines here move by 5% within
+a minute; the same exported network re-measured 8.1-9.0 ms in processes minutes apart). Unlike the table's own
+measuring process it sets nothing on the allocator: the environment it is started with is the whole serving setup,
+so the figure is what a plain process under that environment sees.
 
 :data:`SERVING_ENV` is the environment line that gives a plain process the allocator the tables are measured with
 (glibc keeping freed memory, the tunable form of the ``mallopt`` calls in :func:`hilonas.latency.measure.
@@ -37,11 +41,16 @@ def serving_env_line() -> str:
 
 def measure_in_subprocess(arch_yaml: str | Path, *, threads: int, batch: int, settings: dict[str, Any],
                           statistic: str, device: str = "cpu", dtype: str = "float32", runtime: str = "eager",
-                          env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run this module in a fresh interpreter under ``env`` (default :data:`SERVING_ENV`) and return its figures."""
+                          env: dict[str, str] | None = None, companions: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:
+    """Run this module in a fresh interpreter under ``env`` (default :data:`SERVING_ENV`) and return its figures.
+    ``companions``: ``{"fingerprint": Fingerprint.to_dict(), "archs": [ArchConfig.to_dict(), ...]}``, networks timed
+    in the same passes (their figures come back as ``companions_ms``, in order)."""
     cmd = [sys.executable, "-m", "hilonas.latency.external", str(arch_yaml), "--threads", str(threads),
            "--batch", str(batch), "--statistic", statistic, "--device", device, "--dtype", dtype,
            "--runtime", runtime, "--settings", json.dumps(settings)]
+    if companions:
+        cmd += ["--companions", json.dumps(companions)]
     full_env = {**os.environ, **(SERVING_ENV if env is None else env)}
     full_env.pop("PYTHONSTARTUP", None)
     try:
@@ -54,8 +63,26 @@ def measure_in_subprocess(arch_yaml: str | Path, *, threads: int, batch: int, se
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _companion_runs(companions: dict[str, Any] | None, runtime: str, threads: int, device: str) -> list[Any]:
+    """Callables of the companion networks, each built as the table builds a network it measures whole."""
+    if not companions:
+        return []
+    from hilonas.config import ArchConfig
+    from hilonas.latency.fingerprint import Fingerprint
+    from hilonas.latency.measure import build_arch_model
+    from hilonas.latency.runtime import runner
+
+    fp = Fingerprint.from_dict(companions["fingerprint"])
+    runs = []
+    for data in companions["archs"]:
+        model, x = build_arch_model(ArchConfig.from_dict(data).validate(), fp)
+        runs.append(runner(model, (x,), runtime, threads=threads, device=device))
+    return runs
+
+
 def _measure(path: str, threads: int, batch: int, settings: dict[str, Any], statistic: str,
-             device: str, dtype: str = "float32", runtime: str = "eager") -> dict[str, Any]:
+             device: str, dtype: str = "float32", runtime: str = "eager",
+             companions: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
     import hilonas
@@ -71,11 +98,15 @@ def _measure(path: str, threads: int, batch: int, settings: dict[str, Any], stat
     x = x.to(device, getattr(torch, dtype))
     keys = (*HARNESS_KEYS, "rounds")  # the table's settings that time_rounds takes (chain applies to blocks only)
     run = runner(model, (x,), runtime, threads=threads, device=device)
-    (timing,) = time_rounds([run], threads=threads if device == "cpu" else None, device=device,
-                            **{k: settings[k] for k in keys if k in settings})
-    return {"measured_latency_ms": figure_ms(timing, statistic), "statistic": statistic, "median_ms": timing.median_ms,
-            "min_ms": timing.min_ms, "spread": timing.spread, "runs": timing.runs, "noisy": timing.noisy,
-            "threads": timing.threads, "env": {k: os.environ.get(k) for k in SERVING_ENV}}
+    timing, *beside = time_rounds([run, *_companion_runs(companions, runtime, threads, device)],
+                                  threads=threads if device == "cpu" else None, device=device,
+                                  **{k: settings[k] for k in keys if k in settings})
+    out = {"measured_latency_ms": figure_ms(timing, statistic), "statistic": statistic, "median_ms": timing.median_ms,
+           "min_ms": timing.min_ms, "spread": timing.spread, "runs": timing.runs, "noisy": timing.noisy,
+           "threads": timing.threads, "env": {k: os.environ.get(k) for k in SERVING_ENV}}
+    if companions:
+        out["companions_ms"] = [figure_ms(t, statistic) for t in beside]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,9 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--runtime", default="eager", choices=("eager", "onnxruntime"))
     parser.add_argument("--settings", default="{}", help="the table's measurement settings, as JSON")
+    parser.add_argument("--companions", default=None, help="networks timed in the same passes, as JSON: "
+                        '{"fingerprint": {...}, "archs": [{...}, ...]}')
     args = parser.parse_args(argv)
     print(json.dumps(_measure(args.arch_yaml, args.threads, args.batch, json.loads(args.settings), args.statistic,
-                              args.device, args.dtype, args.runtime)))
+                              args.device, args.dtype, args.runtime,
+                              json.loads(args.companions) if args.companions else None)))
 
 
 if __name__ == "__main__":

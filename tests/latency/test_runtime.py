@@ -66,6 +66,29 @@ def test_export_remeasures_in_the_runtime(tmp_path):
     assert out["measured_latency_ms"] > 0
 
 
+def test_companions_are_timed_in_the_same_passes(tmp_path, monkeypatch):
+    """The exported model and its companions (the table's probe networks, built as the table builds them) go
+    through one round-robin timing: the same passes, so the machine's moves during it hit them all alike."""
+    import dataclasses
+
+    import yaml
+
+    from hilonas.latency import timing as timing_mod
+
+    calls = []
+    real = timing_mod.time_rounds
+    monkeypatch.setattr(timing_mod, "time_rounds", lambda fns, **kw: calls.append(len(fns)) or real(fns, **kw))
+    path = tmp_path / "arch.yaml"
+    path.write_text(yaml.safe_dump({"arch": ARCH.to_dict()}))
+    fp = fpmod.current_fingerprint("cpu", threads=1, batch=1, resolution=32)
+    wider = dataclasses.replace(ARCH, embed_dims=(16, 48), num_heads=(1, 4)).validate()
+    out = _measure(str(path), threads=1, batch=1, settings=SETTINGS, statistic="min", device="cpu",
+                   companions={"fingerprint": fp.to_dict(), "archs": [ARCH.to_dict(), wider.to_dict()]})
+    assert calls == [3] and len(out["companions_ms"]) == 2 and all(ms > 0 for ms in out["companions_ms"])
+    assert "companions_ms" not in _measure(str(path), threads=1, batch=1, settings=SETTINGS, statistic="min",
+                                           device="cpu")
+
+
 def test_a_padded_map_exports_right():
     """The TorchScript exporter truncates the ceiling division of a padded map (wrong shapes at run time); the
     export recipe checks its graph and falls back to the torch.export-based exporter."""

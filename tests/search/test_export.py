@@ -59,9 +59,14 @@ def test_export_round_trip_timm_onnx_weights(export_study):
         LatencyPredictor(table).predict(arch))
     assert m["error"] == pytest.approx(m["measured_latency_ms"] / m["predicted_today_ms"] - 1)
     assert table.probes[-1]["factor"] == pytest.approx(m["speed_factor"], abs=1e-4)
+    # The probe's networks were timed in the same passes: the prediction at the speed they ran, the table's error.
+    assert m["beside_factor"] > 0 and m["predicted_beside_ms"] == pytest.approx(
+        m["predicted_today_ms"] / m["speed_factor"] * m["beside_factor"])
+    assert m["error_drift_corrected"] == pytest.approx(m["measured_latency_ms"] / m["predicted_beside_ms"] - 1)
     measured = optuna.load_study(study_name="ex", storage=f"sqlite:///{study / 'runs' / 'ex' / 'study.db'}")
-    assert measured.user_attrs["measured_exports"]["0"]["measured_latency_ms"] == pytest.approx(
-        m["measured_latency_ms"])
+    kept = measured.user_attrs["measured_exports"]["0"]
+    assert kept["measured_latency_ms"] == pytest.approx(m["measured_latency_ms"])
+    assert kept["error_drift_corrected"] == pytest.approx(m["error_drift_corrected"])
     # Same model through hilonas and through timm; the saved weights load into both.
     path = str(study / "exp" / "arch.yaml")
     a = hilonas.create_model(path)
