@@ -388,8 +388,8 @@ def refit_table(fp: Fingerprint, tables_dir: str | Path = DEFAULT_TABLES_DIR, *,
     if not stored:
         raise HilonasError(f"{table.path} stores no calibration networks to refit on: measure them with `"
                            f"{fp.build_command()} --tables {tables_dir}`")
-    seed = cal.get("seed") if isinstance(cal.get("seed"), int) and not isinstance(cal.get("seed"), bool) else 0
-    table.set_calibration(_calibrate(table, [], [], statistic, seed, [], stored))
+    seed = cal.get("seed")
+    table.set_calibration(_calibrate(table, [], [], statistic, seed if type(seed) is int else 0, [], stored))
     table.save()
     return table
 

@@ -63,21 +63,16 @@ def measure_in_subprocess(arch_yaml: str | Path, *, threads: int, batch: int, se
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _companion_runs(companions: dict[str, Any] | None, runtime: str, threads: int, device: str) -> list[Any]:
-    """Callables of the companion networks, each built as the table builds a network it measures whole."""
+def _companion_runs(companions: dict[str, Any] | None) -> list[Any]:
+    """The companion networks, each built as the table builds a network it measures whole."""
     if not companions:
         return []
     from hilonas.config import ArchConfig
     from hilonas.latency.fingerprint import Fingerprint
-    from hilonas.latency.measure import build_arch_model
-    from hilonas.latency.runtime import runner
+    from hilonas.latency.measure import network_callables
 
-    fp = Fingerprint.from_dict(companions["fingerprint"])
-    runs = []
-    for data in companions["archs"]:
-        model, x = build_arch_model(ArchConfig.from_dict(data).validate(), fp)
-        runs.append(runner(model, (x,), runtime, threads=threads, device=device))
-    return runs
+    return network_callables([ArchConfig.from_dict(a).validate() for a in companions["archs"]],
+                             Fingerprint.from_dict(companions["fingerprint"]))
 
 
 def _measure(path: str, threads: int, batch: int, settings: dict[str, Any], statistic: str,
@@ -98,7 +93,7 @@ def _measure(path: str, threads: int, batch: int, settings: dict[str, Any], stat
     x = x.to(device, getattr(torch, dtype))
     keys = (*HARNESS_KEYS, "rounds")  # the table's settings that time_rounds takes (chain applies to blocks only)
     run = runner(model, (x,), runtime, threads=threads, device=device)
-    timing, *beside = time_rounds([run, *_companion_runs(companions, runtime, threads, device)],
+    timing, *beside = time_rounds([run, *_companion_runs(companions)],
                                   threads=threads if device == "cpu" else None, device=device,
                                   **{k: settings[k] for k in keys if k in settings})
     out = {"measured_latency_ms": figure_ms(timing, statistic), "statistic": statistic, "median_ms": timing.median_ms,

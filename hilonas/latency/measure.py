@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Head", "BlockChain", "block_module", "build_arch_model", "measure_block", "measure_blocks",
            "measure_arch", "measure_archs", "network_passes", "figure_ms", "timing_settings", "steady_allocator",
-           "table_settings", "measurement_settings", "MEASURE_DEFAULTS", "STATISTICS"]
+           "table_settings", "measurement_settings", "network_callables", "MEASURE_DEFAULTS", "STATISTICS"]
 
 MEASURE_DEFAULTS: dict[str, Any] = {"warmup": 5, "repeats": 12, "max_spread": 0.1, "max_attempts": 3, "rounds": 20,
                                     "chain": 3, "statistic": "min"}
@@ -285,8 +285,8 @@ def measure_block(key: BlockKey, fp: Fingerprint, *, fused: bool = True, **setti
     return measure_blocks([key], fp, fused=fused, **settings)[0]
 
 
-def _network_callables(archs: Sequence[ArchConfig], fp: Fingerprint, fused: bool,
-                       cache_bytes: int) -> list[Rebuilt]:
+def network_callables(archs: Sequence[ArchConfig], fp: Fingerprint, fused: bool = True,
+                      cache_bytes: int = 2 << 30) -> list[Rebuilt]:
     """One :class:`Rebuilt` per network: built when a pass reaches it, kept for the later passes while the kept
     networks' parameters fit ``cache_bytes``, rebuilt (same seed) in every pass otherwise."""
     kept_bytes = 0
@@ -315,7 +315,7 @@ def network_passes(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool 
     """
     s = timing_settings(**settings)
     steady_allocator()
-    return round_robin(_network_callables(archs, fp, fused, cache_bytes), **_harness(fp, s))
+    return round_robin(network_callables(archs, fp, fused, cache_bytes), **_harness(fp, s))
 
 
 def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool = True,
@@ -328,7 +328,7 @@ def measure_archs(archs: Sequence[ArchConfig], fp: Fingerprint, *, fused: bool =
     """
     s = timing_settings(**settings)
     steady_allocator()
-    return time_rounds(_network_callables(archs, fp, fused, cache_bytes), on_pass=on_pass, **_harness(fp, s))
+    return time_rounds(network_callables(archs, fp, fused, cache_bytes), on_pass=on_pass, **_harness(fp, s))
 
 
 def measure_arch(arch: ArchConfig, fp: Fingerprint, *, fused: bool = True, **settings: Any) -> Timing:
