@@ -1,4 +1,4 @@
-"""``hilonas bench proxy``: how well each accuracy proxy ranks architectures the way a 10x longer training does.
+"""``hilonas bench proxy``: how well each accuracy proxy ranks architectures the way a 30x longer training does.
 
 N architectures are sampled from a space (seeded). Each is scored by the short training at the default budget, by
 short trainings at other budgets (to choose the default from figures), by every zero-cost proxy, and by the

@@ -31,6 +31,7 @@ from hilonas.cli._common import (
     threads_option,
 )
 from hilonas.mixers import MIXERS, attention_mixers
+from hilonas.proxy import REFERENCE_FACTOR
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: both sides timed in one run, ratios printed.")
 
@@ -106,7 +107,8 @@ def bench_proxy(space: str = space_option(),
                 epochs: Optional[float] = number_option(None, help="default proxy budget in epochs (default: "
                                                         "ProxyBudget's)", maximum=MAX_EPOCHS),
                 reference_factor: Optional[float] = number_option(None, help="the reference trains this many times "
-                                                                  "longer (default 10: the promotion budget)"),
+                                                                  f"longer (default {REFERENCE_FACTOR:g}: the "
+                                                                  "promotion budget)"),
                 reference_seeds: int = count_option(1, help="reference runs per architecture (mean accuracy)"),
                 val_fraction: Optional[float] = number_option(None, help="held-out share where the data has no "
                                                               "split (default: 0.5 embedded, 0.2 folders)",
@@ -117,7 +119,7 @@ def bench_proxy(space: str = space_option(),
                 threads: int = threads_option("torch threads per worker"),
                 log: Optional[Path] = output_file_option("JSONL of finished architectures; resumes from it"),
                 as_json: bool = json_option()) -> None:
-    """Rank agreement (Spearman, Kendall) of every accuracy proxy with a 10x longer training, and its cost."""
+    """Rank agreement (Spearman, Kendall) of every accuracy proxy with a 30x longer training, and its cost."""
     extra = _extra_epochs(extra_epochs)
     quiet_torch()
     import dataclasses

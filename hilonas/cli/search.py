@@ -28,6 +28,7 @@ from hilonas.cli._common import (
     tables_option,
     target_option,
 )
+from hilonas.proxy import REFERENCE_FACTOR
 from hilonas.search.promote import DEFAULT_PROMOTE
 
 DEFAULT_SAMPLER = "nsga2"
@@ -37,8 +38,9 @@ DEFAULT_EXECUTOR = "ray"
 
 _TRIAL_TIMEOUT = number_option(None, help="seconds a trial may run, from its submission: one running longer is "
                                "cancelled and recorded failed, and a later trial replaces it")
-_PROMOTE = count_option(DEFAULT_PROMOTE, minimum=0, help="front members trained again at the reference budget (10x "
-                        "the proxy's) after the trials; the Pareto page and export use their figure; 0 skips")
+_PROMOTE = count_option(DEFAULT_PROMOTE, minimum=0, help="front members trained again at the reference budget "
+                        f"({REFERENCE_FACTOR:g}x the proxy's) after the trials; the Pareto page and export use "
+                        "their figure; 0 skips")
 _ALLOW_SPACE_CHANGE = typer.Option(False, "--allow-space-change", help="resume a study whose search space changed "
                                    "since it started (earlier trials are kept; those outside it are not reused)")
 

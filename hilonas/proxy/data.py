@@ -88,7 +88,7 @@ def proxy_data_spec(data: str | None, proxy_data: str | None = None) -> str | No
     ``proxy_data`` when given (``"same"``: ``data`` itself). By default, for the cluttered digits, the same digits
     and split on the same canvas without fragments, scored on one rendering (``cluttered:CANVAS:0:1``): within a
     ~10-second budget no network has begun to find a digit among the fragments, so the clean task ranks networks
-    the way the cluttered task's 10x longer training does far better (README, "Proxy training"). Any other data as
+    the way the cluttered task's 30x longer training does far better (README, "Proxy training"). Any other data as
     it is. The longer trainings (promotion, the bench's reference) always use ``data``.
     """
     if proxy_data is not None:

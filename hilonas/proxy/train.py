@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
+from hilonas.proxy import REFERENCE_FACTOR
 from hilonas.proxy.data import ProxyData
 
 __all__ = ["ProxyBudget", "ProxyResult", "train_proxy", "adapt_arch", "DEFAULT_BUDGET", "REFERENCE_FACTOR"]
@@ -90,7 +91,7 @@ class ProxyBudget:
 
 # The reference budget is the proxy's budget trained on this many times as many images: what ``hilonas bench
 # proxy`` ranks the proxies against and what a search's front is promoted to; its batch is at least REFERENCE_BATCH.
-REFERENCE_FACTOR = 10.0
+# (REFERENCE_FACTOR is defined in hilonas.proxy, where the CLI reads it without importing torch.)
 REFERENCE_BATCH = 64
 DEFAULT_BUDGET = ProxyBudget()
 

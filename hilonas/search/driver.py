@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR
+from hilonas.proxy import REFERENCE_FACTOR
 from hilonas.search import study as studies
 from hilonas.search.executors import EvaluationError, Executor, check_executor, make_executor
 from hilonas.search.lease import AttrLease, Lease, acquire_file_lease
@@ -262,7 +263,7 @@ def open_search(settings: SearchSettings) -> OpenedSearch:
     record = {"space": space.name, "space_source": space.source, "target": settings.target,
               "fingerprint_id": fingerprint.id, "objective": settings.objective,
               "max_latency_ms": settings.max_latency_ms, "data": data.name, "proxy_data": proxy.name,
-              "budget": budget, "seed": settings.seed,
+              "budget": budget, "reference_factor": REFERENCE_FACTOR, "seed": settings.seed,
               "resolution": settings.resolution, "img_size": img_size, "fingerprint": fingerprint.to_dict()}
     opened = OpenedSearch(space=space, name=name, storage_url=storage_url, study=None, fingerprint=fingerprint,
                           data=data, budget=budget, stale_recovered=0, proxy_data=proxy)

@@ -18,6 +18,7 @@ worker that dies is retried by the next run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # optuna is imported where it is used: the CLI reads DEFAULT_
     from optuna.trial import FrozenTrial
 
 __all__ = ["DEFAULT_PROMOTE", "promotion_candidates", "promote_front", "front_trials", "reference_budget",
-           "check_promote"]
+           "check_promote", "reference_factor"]
 
 DEFAULT_PROMOTE = 3  # front members promoted after a search (``--promote``); 0 skips promotion
 
@@ -42,12 +43,34 @@ def check_promote(k: int) -> int:
     return k
 
 
-def reference_budget(budget: dict[str, Any]) -> dict[str, Any]:
-    """The reference budget (as ProxyBudget fields) of a study's proxy budget: the same recipe trained
-    :data:`hilonas.proxy.train.REFERENCE_FACTOR` times longer."""
-    from hilonas.proxy.train import REFERENCE_FACTOR, ProxyBudget
+def reference_factor(study: optuna.Study) -> float:
+    """How many times the proxy's images the study's front is promoted at: the factor recorded when the study was
+    started (:data:`hilonas.proxy.REFERENCE_FACTOR` then), so a resumed study promotes the rest of its front at the
+    budget its first promotions had; a study from before the factor was recorded, the factor of that time."""
+    from hilonas.proxy import LEGACY_REFERENCE_FACTOR
+    from hilonas.search.study import study_settings
 
-    return dataclasses.asdict(ProxyBudget(**budget).scaled(REFERENCE_FACTOR))
+    try:
+        factor = float(study_settings(study).get("reference_factor"))
+    except (TypeError, ValueError, AttributeError):
+        return LEGACY_REFERENCE_FACTOR
+    return factor if math.isfinite(factor) and factor > 1 else LEGACY_REFERENCE_FACTOR
+
+
+def reference_budget(budget: dict[str, Any], factor: float | None = None) -> dict[str, Any]:
+    """The reference budget (as ProxyBudget fields) of a study's proxy budget: the same recipe trained ``factor``
+    (default :data:`hilonas.proxy.REFERENCE_FACTOR`) times longer."""
+    from hilonas.proxy import REFERENCE_FACTOR
+    from hilonas.proxy.train import ProxyBudget
+
+    return dataclasses.asdict(ProxyBudget(**budget).scaled(REFERENCE_FACTOR if factor is None else factor))
+
+
+def _threads_each(slots: int, members: int, device: str) -> int:
+    """Torch threads for each of ``members`` promotions on ``slots`` workers: members fewer than the slots leave
+    workers idle, and nothing else runs beside promotion, so each takes its share (a lone promotion on 2 workers
+    trains with 2 threads). One on CUDA."""
+    return max(1, slots // max(members, 1)) if device == "cpu" else 1
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -107,10 +130,11 @@ def promote_front(study: optuna.Study, k: int, executor: Any, data_ref: Any, bud
         return 0
     from hilonas.config import ArchConfig
 
-    ref = reference_budget(budget)
+    ref = reference_budget(budget, reference_factor(study))
     say = say or (lambda _line: None)
     say(f"promoting {len(todo)} front member(s) to the reference budget "
         f"({ref['steps'] or ref['epochs']:g} {'steps' if ref['steps'] else 'epochs'})")
+    threads = _threads_each(executor.slots, len(todo), device)
     pending = list(todo)
     in_flight: dict[Any, FrozenTrial] = {}
     count = 0
@@ -126,7 +150,7 @@ def promote_front(study: optuna.Study, k: int, executor: Any, data_ref: Any, bud
             return
         record = {"accuracy": result.accuracy if result.ok else None, "failed": not result.ok,
                   "reason": None if result.ok else result.fail_reason, "proxy_accuracy": trial.values[0],
-                  "budget": ref, "seed": seed, "seconds": result.train_seconds,
+                  "budget": ref, "seed": seed, "threads": threads, "seconds": result.train_seconds,
                   "steps": result.proxy.get("steps"), "epochs": result.proxy.get("epochs"), "host": result.host}
         study.set_user_attr(f"{PROMOTED_PREFIX}{trial.number}", record)
         count += 1
@@ -138,7 +162,7 @@ def promote_front(study: optuna.Study, k: int, executor: Any, data_ref: Any, bud
             while pending and len(in_flight) < executor.slots:
                 trial = pending.pop(0)
                 payload = TrialPayload(arch=ArchConfig.from_dict(trial.user_attrs["arch"]), budget=dict(ref),
-                                       seed=seed, threads=1, device=device)
+                                       seed=seed, threads=threads, device=device)
                 in_flight[executor.submit(evaluate, payload, data_ref)] = trial
             for handle in executor.wait(list(in_flight)):
                 collect(handle)

@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from hilonas.errors import HilonasError
+from hilonas.proxy import LEGACY_REFERENCE_FACTOR, REFERENCE_FACTOR
 from hilonas.search import study as studies
 from hilonas.search.objective import TrialResult
 
@@ -92,13 +93,15 @@ def test_promotion_resumes_after_kill_9_without_training_a_promoted_trial_again(
     summary = driver.run_search(local(settings, workdir, "p9", 3), progress=False)
     study = optuna.load_study(study_name="p9", storage=f"sqlite:///{db}")
     after = studies.promoted_results(study)
-    # Only the members not promoted before the kill were trained, each on the images of 10 proxies (3 steps of 16)
-    # at the reference's batch of 64: 8 steps.
-    assert summary.promoted == len(candidates) - 1 and trained == [8] * (len(candidates) - 1)
+    # Only the members not promoted before the kill were trained, each on the images of REFERENCE_FACTOR proxies
+    # (3 steps of 16) at the reference's batch of 64: 22 steps at the factor of 30 the study recorded.
+    assert studies.study_settings(study)["reference_factor"] == REFERENCE_FACTOR == 30
+    steps = round(3 * REFERENCE_FACTOR * 16 / 64)
+    assert summary.promoted == len(candidates) - 1 and trained == [steps] * (len(candidates) - 1)
     assert set(after) == set(candidates)
     number = next(iter(first))
     assert after[number] == first[number]  # the promoted record written before the kill stands
-    assert all(r["budget"]["steps"] == 8 and r["budget"]["batch_size"] == 64 and not r["failed"]
+    assert all(r["budget"]["steps"] == steps and r["budget"]["batch_size"] == 64 and not r["failed"]
                for r in after.values())
 
     # A second run finds nothing left to promote.
@@ -144,6 +147,56 @@ def test_promoted_figures_reach_results_page_and_export(workdir, settings, monke
     best_promoted = float(promoted["promoted_accuracy"].max())
     assert int(select_trial(df, min_accuracy=best_promoted)["number"]) == fastest
     assert best_promoted > df["accuracy"].max()  # no proxy figure reaches it: only the promoted one does
+
+
+def test_a_resumed_study_promotes_at_the_factor_it_was_started_with():
+    """The reference factor is read from the study's settings, so a study promoted in part before the factor changed
+    promotes the rest of its front at the same budget; one from before the factor was recorded, at 10."""
+    from hilonas.search.promote import reference_budget, reference_factor
+
+    def study_with(settings):
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        if settings is not None:
+            study.set_user_attr(studies.SETTINGS_ATTR, settings)
+        return study
+
+    assert reference_factor(study_with('{"reference_factor": 30.0, "seed": 0}')) == 30.0
+    assert reference_factor(study_with('{"reference_factor": 12, "seed": 0}')) == 12.0
+    for legacy in ('{"seed": 0}', None, '{"reference_factor": "x"}', '{"reference_factor": NaN}', "[1]", "nope"):
+        assert reference_factor(study_with(legacy)) == LEGACY_REFERENCE_FACTOR == 10.0
+    budget = {"epochs": 1.0, "steps": None, "batch_size": 32}
+    assert reference_budget(budget, 10.0)["epochs"] == 10.0 and reference_budget(budget)["epochs"] == REFERENCE_FACTOR
+    assert reference_budget(budget)["batch_size"] == 64
+
+
+def test_members_fewer_than_the_workers_train_with_the_idle_workers_threads(workdir, settings, monkeypatch):
+    """Nothing runs beside promotion, so a front smaller than the executor's slots shares their threads: one member
+    on 4 slots trains with 4, two with 2 each; the record keeps the count."""
+    import hilonas.search.driver as driver
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.search.executor_base import LocalExecutor
+    from hilonas.search.promote import promote_front, promotion_candidates
+
+    def fake(payload, data):
+        threads.append(payload.threads)
+        return TrialResult(accuracy=sum(payload.arch.embed_dims) / 100, failed=False, reason=None, flops=10,
+                           params=20, train_seconds=0.1, eval_seconds=0.1, proxy={}, host="h", pid=1)
+
+    threads: list[int] = []
+    monkeypatch.setattr(driver, "evaluate", fake)
+    monkeypatch.setattr(LatencyPredictor, "predict", fake_latency)
+    driver.run_search(local(settings, workdir, "pt", 0), progress=False)
+    study = studies.load_existing("pt", None, str(workdir / "runs"))
+    assert threads == [1] * len(threads) and len(promotion_candidates(study, 3)) == 3
+    executor, budget = LocalExecutor(), studies.study_settings(study)["budget"]
+    executor.slots = 4
+    threads.clear()
+    assert promote_front(study, 1, executor, None, budget, seed=0, device="cpu", evaluate=fake) == 1
+    assert threads == [4]
+    assert promote_front(study, 3, executor, None, budget, seed=0, device="cpu", evaluate=fake) == 2
+    assert threads == [4, 2, 2]
+    records = studies.promoted_results(studies.load_existing("pt", None, str(workdir / "runs")))
+    assert sorted(r["threads"] for r in records.values()) == [2, 2, 4]
 
 
 def test_promote_must_be_a_whole_number(workdir, settings):
