@@ -21,6 +21,7 @@ from typing import Any
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
+from hilonas.proxy import REFERENCE_FACTOR
 
 __all__ = ["run_proxy_bench", "format_proxy_bench", "correlations"]
 
@@ -122,7 +123,7 @@ def run_proxy_bench(space: str = "litv2_tiny", n: int = 16, seed: int = 0, *, da
         progress: called with one line per finished architecture.
     """
     from hilonas.proxy.data import proxy_data_spec
-    from hilonas.proxy.train import DEFAULT_BUDGET, REFERENCE_FACTOR
+    from hilonas.proxy.train import DEFAULT_BUDGET
     from hilonas.spaces import SearchSpace
 
     reference_factor = REFERENCE_FACTOR if reference_factor is None else reference_factor

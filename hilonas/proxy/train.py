@@ -22,10 +22,9 @@ import torch.nn.functional as F
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
-from hilonas.proxy import REFERENCE_FACTOR
 from hilonas.proxy.data import ProxyData
 
-__all__ = ["ProxyBudget", "ProxyResult", "train_proxy", "adapt_arch", "DEFAULT_BUDGET", "REFERENCE_FACTOR"]
+__all__ = ["ProxyBudget", "ProxyResult", "train_proxy", "adapt_arch", "DEFAULT_BUDGET"]
 
 _CURVE_POINTS = 50
 
@@ -78,7 +77,8 @@ class ProxyBudget:
 
     def scaled(self, factor: float) -> ProxyBudget:
         """The same recipe trained on ``factor`` times as many images, at a batch of at least
-        :data:`REFERENCE_BATCH` (the bench's reference and a search's promotion are ``scaled(REFERENCE_FACTOR)``).
+        :data:`REFERENCE_BATCH` (the bench's reference and a search's promotion are
+        ``scaled(hilonas.proxy.REFERENCE_FACTOR)``).
 
         The batch floor keeps the long run steady: the default proxy's batch of 32 over 10x the steps left two seeds
         of one network at 22% and 33% held-out accuracy where batch 64 gave 45% and 44%."""
@@ -91,7 +91,7 @@ class ProxyBudget:
 
 # The reference budget is the proxy's budget trained on this many times as many images: what ``hilonas bench
 # proxy`` ranks the proxies against and what a search's front is promoted to; its batch is at least REFERENCE_BATCH.
-# (REFERENCE_FACTOR is defined in hilonas.proxy, where the CLI reads it without importing torch.)
+# (The factor, REFERENCE_FACTOR, is defined in hilonas.proxy, where the CLI reads it without importing torch.)
 REFERENCE_BATCH = 64
 DEFAULT_BUDGET = ProxyBudget()
 

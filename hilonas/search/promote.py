@@ -57,13 +57,12 @@ def reference_factor(study: optuna.Study) -> float:
     return factor if math.isfinite(factor) and factor > 1 else LEGACY_REFERENCE_FACTOR
 
 
-def reference_budget(budget: dict[str, Any], factor: float | None = None) -> dict[str, Any]:
+def reference_budget(budget: dict[str, Any], factor: float) -> dict[str, Any]:
     """The reference budget (as ProxyBudget fields) of a study's proxy budget: the same recipe trained ``factor``
-    (default :data:`hilonas.proxy.REFERENCE_FACTOR`) times longer."""
-    from hilonas.proxy import REFERENCE_FACTOR
+    times longer (:func:`reference_factor` of the study)."""
     from hilonas.proxy.train import ProxyBudget
 
-    return dataclasses.asdict(ProxyBudget(**budget).scaled(REFERENCE_FACTOR if factor is None else factor))
+    return dataclasses.asdict(ProxyBudget(**budget).scaled(factor))
 
 
 def _threads_each(slots: int, members: int, device: str) -> int:

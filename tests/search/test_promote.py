@@ -165,8 +165,9 @@ def test_a_resumed_study_promotes_at_the_factor_it_was_started_with():
     for legacy in ('{"seed": 0}', None, '{"reference_factor": "x"}', '{"reference_factor": NaN}', "[1]", "nope"):
         assert reference_factor(study_with(legacy)) == LEGACY_REFERENCE_FACTOR == 10.0
     budget = {"epochs": 1.0, "steps": None, "batch_size": 32}
-    assert reference_budget(budget, 10.0)["epochs"] == 10.0 and reference_budget(budget)["epochs"] == REFERENCE_FACTOR
-    assert reference_budget(budget)["batch_size"] == 64
+    assert reference_budget(budget, 10.0)["epochs"] == 10.0
+    assert reference_budget(budget, REFERENCE_FACTOR)["epochs"] == REFERENCE_FACTOR
+    assert reference_budget(budget, REFERENCE_FACTOR)["batch_size"] == 64
 
 
 def test_members_fewer_than_the_workers_train_with_the_idle_workers_threads(workdir, settings, monkeypatch):
