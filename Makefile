@@ -26,7 +26,8 @@ demo: $(STAMP)
 	$(BIN)/hilonas flops litv2_s --time
 	$(BIN)/hilonas hardware
 	$(BIN)/hilonas latency build --space litv2_tiny --target cpu --threads 1 --batch 1
-	$(BIN)/hilonas search --space litv2_tiny --target cpu --trials 16 --workers 2 --promote 2 --study $(DEMO_STUDY)
+	$(BIN)/hilonas search --space litv2_tiny --target cpu --trials 32 --workers 2 --max-latency-ms 11 \
+		--latency-margin auto --promote 2 --study $(DEMO_STUDY)
 	$(BIN)/hilonas results $(DEMO_STUDY) --front
 	$(BIN)/hilonas pareto $(DEMO_STUDY) --landmarks --out runs/$(DEMO_STUDY)/pareto.html
 	$(BIN)/hilonas export $(DEMO_STUDY) --knee --out runs/$(DEMO_STUDY)/export --onnx --force

@@ -25,6 +25,7 @@ from hilonas.analysis.front import pareto_mask
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write, read_text, replace_folder
+from hilonas.proxy import proxy_kind
 
 DEFAULT_TRIES = 3  # export --max-latency-ms: trials re-measured against the limit before giving up
 WARN_ERROR = 0.10  # warn when re-measured latency differs from the prediction by more than this
@@ -55,17 +56,18 @@ def check_replaceable(out_dir: Path) -> None:
 
 def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: float | None = None,
                  min_accuracy: float | None = None, knee: bool = False) -> pd.Series:
-    """The row to export: a trial number, the most accurate under a latency, the fastest above an accuracy, or the
+    """The row to export: a trial number, the best scored under a latency, the fastest above an accuracy, or the
     front's knee (the member farthest from the line through the front's two ends, both axes scaled to [0, 1]).
 
     ``--min-accuracy`` and ``--knee`` prefer the promoted accuracy (hilonas.search.promote) where a trial has one:
-    the knee is then taken over the promoted front members by their promoted figures."""
+    the knee is then taken over the promoted front members by their promoted figures. In a NASWOT study only
+    promoted members have an accuracy at all, so ``--min-accuracy`` chooses among them."""
     chosen = [x is not None for x in (trial, max_latency_ms, min_accuracy)] + [knee]
     if sum(chosen) != 1:
         raise HilonasError("choose what to export with exactly one of --trial N, --max-latency-ms X, "
                            "--min-accuracy A, --knee")
-    usable = df[(df["state"] == "COMPLETE") & df["feasible"] & df["accuracy"].notna() & df["landmark"].isna()]
-    # A promoted trial's figure (trained at the reference budget) stands in for its proxy accuracy where present.
+    usable = df[(df["state"] == "COMPLETE") & df["feasible"] & df["score"].notna() & df["landmark"].isna()]
+    # A promoted trial's figure (trained at the reference budget) stands in for its proxy's where present.
     promoted = usable.get("promoted_accuracy", pd.Series(float("nan"), index=usable.index)).astype(float)
     if knee:
         front = usable[usable["on_front"]].sort_values("latency_ms")
@@ -76,7 +78,7 @@ def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: 
             acc = lifted["promoted_accuracy"].astype(float)
             lifted = lifted[pareto_mask(acc.tolist(), lifted["latency_ms"].tolist())]
             return lifted.iloc[knee_index(lifted["latency_ms"].tolist(), lifted["promoted_accuracy"].tolist())]
-        return front.iloc[knee_index(front["latency_ms"].tolist(), front["accuracy"].tolist())]
+        return front.iloc[knee_index(front["latency_ms"].tolist(), front["score"].tolist())]
     if trial is not None:
         rows = df[df["number"] == trial]
         if rows.empty:
@@ -84,7 +86,7 @@ def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: 
                                if len(df) else f"--trial={trial}: the study has no trials")
         row = rows.iloc[0]
         skipped, failed = (row.get(k) if isinstance(row.get(k), str) else None for k in ("skipped", "fail_reason"))
-        if row["state"] != "COMPLETE" or pd.isna(row["accuracy"]) or skipped:  # (a missing text is NaN here)
+        if row["state"] != "COMPLETE" or pd.isna(row["score"]) or skipped:  # (a missing text is NaN here)
             why = failed or skipped or row["state"].lower()
             raise HilonasError(f"--trial={trial} has no result to export ({why}): pick a finished trial "
                                "(hilonas results STUDY lists them)")
@@ -95,15 +97,26 @@ def select_trial(df: pd.DataFrame, *, trial: int | None = None, max_latency_ms: 
             fastest = usable["latency_ms"].min() if not usable.empty else float("nan")
             raise HilonasError(f"--max-latency-ms={max_latency_ms:g}: no finished trial is that fast (the fastest "
                                f"predicts {fastest:.3g} ms): raise the limit")
-        return ok.sort_values(["accuracy", "latency_ms"], ascending=[False, True], kind="stable").iloc[0]
-    usable = usable.assign(accuracy=promoted.fillna(usable["accuracy"].astype(float)))
-    ok = usable[usable["accuracy"] >= min_accuracy]
+        return ok.sort_values(["score", "latency_ms"], ascending=[False, True], kind="stable").iloc[0]
+    return _fastest_accurate(df, usable, promoted, min_accuracy)
+
+
+def _fastest_accurate(df: pd.DataFrame, usable: pd.DataFrame, promoted: pd.Series, min_accuracy: float) -> pd.Series:
+    """``--min-accuracy``: the fastest trial whose accuracy (promoted, else the training proxy's) reaches it."""
+    accuracy = usable.get("accuracy", pd.Series(float("nan"), index=usable.index)).astype(float)
+    usable = usable.assign(chosen_by=promoted.fillna(accuracy))
+    ok = usable[usable["chosen_by"] >= min_accuracy]
     if ok.empty:
-        best = usable["accuracy"].max() if not usable.empty else float("nan")
+        if usable["chosen_by"].isna().all() and not usable.empty:
+            raise HilonasError(f"--min-accuracy={min_accuracy:g}: no trial of this study has an accuracy (its trials "
+                               "are scored by NASWOT, and no front member is promoted): promote some (the same "
+                               "`hilonas search` command with --resume --promote K), or use --knee or "
+                               "--max-latency-ms")
+        best = usable["chosen_by"].max() if not usable.empty else float("nan")
         raise HilonasError(f"--min-accuracy={min_accuracy:g}: no finished trial is that accurate (the best reaches "
-                           f"{best:.4f}): lower the threshold")
-    # The row as the study has it (its proxy accuracy), not the promoted figure it was chosen by.
-    return df.loc[ok.sort_values(["latency_ms", "accuracy"], ascending=[True, False], kind="stable").index[0]]
+                           f"{best:.4f}): lower the threshold, or promote more front members (--promote K)")
+    # The row as the study has it (its proxy's figures), not the promoted figure it was chosen by.
+    return df.loc[ok.sort_values(["latency_ms", "chosen_by"], ascending=[True, False], kind="stable").index[0]]
 
 
 def knee_index(latency: list[float], accuracy: list[float]) -> int:
@@ -170,9 +183,11 @@ def export_trial(row: pd.Series, settings: dict[str, Any], out_dir: str | Path, 
         "dtype": (settings.get("fingerprint") or {}).get("dtype", "float32"),
         "runtime": (settings.get("fingerprint") or {}).get("backend", "eager"),
         "predicted_latency_ms": float(row["latency_ms"]), "throughput": float(row["throughput"]),
-        "proxy_accuracy": float(row["accuracy"]), "promoted_accuracy": _float(row.get("promoted_accuracy")),
+        "proxy_accuracy": _float(row.get("accuracy")), "proxy_score": float(row["score"]),
+        "promoted_accuracy": _float(row.get("promoted_accuracy")),
         "flops": _int(row.get("flops")), "params": _int(row.get("params")),
-        "proxy": {"data": settings.get("data"), "proxy_data": settings.get("proxy_data", settings.get("data")),
+        "proxy": {"kind": proxy_kind(settings), "data": settings.get("data"),
+                  "proxy_data": settings.get("proxy_data", settings.get("data")),
                   "resolution": settings.get("resolution"),
                   "budget": settings.get("budget"), "seed": settings.get("seed")},
         **(extra or {}),

@@ -110,6 +110,7 @@ def test_threads_out_of_range(capsys, tmp_path, monkeypatch, command, threads):
 
 @pytest.mark.parametrize("args, needle", [
     (("search", "--executor", "BOGUS"), "--executor='BOGUS'"), (("search", "--trials", "0"), "--trials=0"),
+    (("search", "--proxy", "NASWOT"), "--proxy='NASWOT'"),
     (("search", "--workers", "0"), "--workers=0"), (("search", "--steps", "-1"), "--steps=-1"),
     (("search", "--epochs", "nan"), "--epochs=nan"), (("search", "--max-latency-ms", "inf"), "--max-latency-ms=inf"),
     (("search", "--batch-size", "0"), "--batch-size=0"), (("latency", "validate", "--n", "0"), "--n=0"),

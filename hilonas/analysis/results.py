@@ -15,25 +15,33 @@ from hilonas.analysis.front import pareto_mask
 from hilonas.errors import HilonasError
 from hilonas.io import atomic_write
 
-COLUMNS = ["study", "target", "number", "state", "accuracy", "promoted_accuracy", "latency_ms", "throughput",
-           "feasible", "on_front", "flops", "params", "arch_text", "train_seconds", "duplicate_of", "skipped",
-           "fail_reason", "landmark"]
+COLUMNS = ["study", "target", "number", "state", "proxy", "score", "accuracy", "promoted_accuracy", "latency_ms",
+           "throughput", "feasible", "on_front", "flops", "params", "arch_text", "train_seconds", "duplicate_of",
+           "skipped", "fail_reason", "landmark"]
 
 
 def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """A row per trial of every study in ``records``; ``on_front`` marks each study's own Pareto front (each
     network once: a trial told as a duplicate of an earlier one is not a member).
 
-    The front is over COMPLETE, feasible trials; accuracy is maximised and latency minimised (throughput maximised
-    when the study's objective is throughput, which orders trials the same way for a fixed batch).
+    ``score`` is what the study's ``proxy`` scored the trial by (the search's first objective): the NASWOT score, or
+    the short training's held-out top-1, which is then also ``accuracy`` (NaN for a NASWOT study: a score is not an
+    accuracy); ``promoted_accuracy`` is a front member's top-1 after training at the reference budget. The front is
+    over COMPLETE, feasible trials; the score is maximised and latency minimised (throughput maximised when the
+    study's objective is throughput, which orders trials the same way for a fixed batch).
     """
+    from hilonas.proxy import proxy_kind
+
     rows = []
     for r in records:
         settings = r.get("settings", {})
         arch = r.get("arch") or {}
+        proxy = proxy_kind(settings)
+        # Records from before the score was named carry it as "accuracy" (old landmarks).
+        score = r.get("score", r.get("accuracy")) if r["state"] == "COMPLETE" else None
         row = {
             "study": r["study"], "target": settings.get("target"), "number": r["number"], "state": r["state"],
-            "accuracy": r.get("accuracy") if r["state"] == "COMPLETE" else None,
+            "proxy": proxy, "score": score, "accuracy": score if proxy == "train" else None,
             "latency_ms": r.get("predicted_latency_ms"), "throughput": r.get("throughput"),
             "feasible": bool(r.get("feasible", True)) and r["state"] == "COMPLETE" and not r.get("skipped"),
             "flops": r.get("flops"), "params": r.get("params"), "arch_text": r.get("arch_text"),
@@ -43,7 +51,7 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "fingerprint_id": settings.get("fingerprint_id"), "arch": arch,
             "latency_error": latency_error(r, settings), "measured_latency_ms": r.get("measured_latency_ms"),
             "promoted_accuracy": r.get("promoted_accuracy"),  # the reference-budget figure (hilonas.search.promote)
-            # What the proxy accuracy was scored on, and the data promotion trained on.
+            # What the proxy scored the trials on, and the data promotion trained on.
             "proxy_data": settings.get("proxy_data", settings.get("data")), "data": settings.get("data"),
         }
         for i, st in enumerate(arch.get("stages", [])):
@@ -57,12 +65,12 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for _, part in df.groupby("study", sort=False):
         # A duplicate (the sampler proposed a network trained before; it carries that trial's figures) is not a
         # front member of its own: the trial it copies stands for the network.
-        ok = (part["feasible"] & part["accuracy"].notna() & part["latency_ms"].notna() & part["landmark"].isna()
+        ok = (part["feasible"] & part["score"].notna() & part["latency_ms"].notna() & part["landmark"].isna()
               & part["duplicate_of"].isna())
         cand = part[ok]
         if cand.empty:
             continue
-        mask = pareto_mask(cand["accuracy"].tolist(), cand["latency_ms"].tolist())
+        mask = pareto_mask(cand["score"].tolist(), cand["latency_ms"].tolist())
         df.loc[cand.index[mask], "on_front"] = True
     ordered = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
     return df[ordered].sort_values(["study", "number"], kind="stable").reset_index(drop=True)

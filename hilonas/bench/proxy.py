@@ -21,11 +21,13 @@ from typing import Any
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
-from hilonas.proxy import REFERENCE_FACTOR
+from hilonas.proxy import DEFAULT_PROXY, REFERENCE_FACTOR
 
 __all__ = ["run_proxy_bench", "format_proxy_bench", "correlations"]
 
-ZC_BATCH = 64
+# ``hilonas search --proxy`` -> the bench's name for the same score ("default": the short training's default budget).
+_SEARCH_KEYS = {"naswot": "naswot", "train": "default"}
+
 
 
 def correlations(scores: Sequence[float], reference: Sequence[float]) -> tuple[float, float]:
@@ -65,12 +67,12 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
     """
     from hilonas.latency.timing import num_threads
     from hilonas.proxy.train import adapt_arch, train_proxy
-    from hilonas.proxy.zero_cost import ZERO_COST
+    from hilonas.proxy.zero_cost import ZERO_COST, scoring_batch
 
     data = _DATA
     arch = adapt_arch(ArchConfig.from_dict(arch_dict), data)
     record: dict[str, Any] = {"arch": arch_dict, "describe": arch.describe(), "scores": {}, "seconds": {}, "train": {}}
-    batch = (data.train_x[:ZC_BATCH], data.train_y[:ZC_BATCH])
+    batch = scoring_batch(data)
     with num_threads(threads):
         for name, fn in ZERO_COST.items():
             t0 = time.perf_counter()
@@ -258,7 +260,10 @@ def _report(records: list[dict], setup: dict, budget: Any, reference: Any, refer
         # How far apart the architectures are at the reference budget (points): below a few, ranks are noise.
         "reference_spread": round(100.0 * (max(ref) - min(ref)), 2),
         "reference_accuracy": {"min": min(ref), "max": max(ref), "mean": sum(ref) / len(ref)},
-        "proxies": proxies, "failed_trainings": failed, "workers": workers, "threads": threads,
+        "proxies": proxies,
+        # The entry of ``proxies`` that a search scores trials by by default (hilonas search --proxy).
+        "search_default": _SEARCH_KEYS[DEFAULT_PROXY],
+        "failed_trainings": failed, "workers": workers, "threads": threads,
         "wall_seconds": wall,
         **{k: v for k, v in setup.items() if k not in ("budgets", "reference", "reference_seeds")},
         "archs": [{"arch": r["describe"], "scores": r["scores"], "seconds": r["seconds"]} for r in records],
@@ -294,9 +299,12 @@ def format_proxy_bench(report: dict[str, Any]) -> str:
         return f"{v:9.3f}" if v is not None else f"{'n/a':>9s}"
 
     for name, p in sorted(report["proxies"].items(), key=lambda kv: -(kv[1]["spearman"] or -9)):
-        lines.append(f"{name:16s} {fmt(p['spearman'])} {fmt(p['kendall'])[1:]} {p['seconds_per_arch']:8.2f} "
+        label = f"{name} *" if name == report.get("search_default") else name
+        lines.append(f"{label:16s} {fmt(p['spearman'])} {fmt(p['kendall'])[1:]} {p['seconds_per_arch']:8.2f} "
                      f"{p['seconds_per_arch'] / ref_s:7.1%}")
     if report["failed_trainings"]:
         lines.append(f"{report['failed_trainings']} training run(s) failed (scored as accuracy 0)")
+    if report.get("search_default"):
+        lines.append(f"* what hilonas search scores trials by by default (--proxy {DEFAULT_PROXY})")
     lines.append(f"wall time {report['wall_seconds']:.0f} s")
     return "\n".join(lines)

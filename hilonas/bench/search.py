@@ -35,7 +35,8 @@ def run_search_bench(space: str = "litv2_tiny", trials: int = 8, steps: int | No
             started = time.perf_counter()
             # A distinct study per worker count, same seed: both runs evaluate the same first architectures.
             summary = run_search(SearchSettings(space=space, trials=trials, workers=workers, study=f"bench-w{workers}",
-                                                budget=budget, seed=seed, sampler="random", tables_dir=tables_dir,
+                                                budget=budget, proxy="train", seed=seed, sampler="random",
+                                                tables_dir=tables_dir,
                                                 runs_dir=runs, data=data), progress=False)
             wall = time.perf_counter() - started
             loop = summary.loop_seconds

@@ -232,9 +232,9 @@ def data_option() -> Any:
 
 
 def proxy_data_option() -> Any:
-    return typer.Option(None, help="data the short proxy trains and is scored on (same: --data itself); default: "
-                        "for the cluttered digits the same digits without fragments (cluttered:CANVAS:0:1), "
-                        "otherwise --data. Promotion and references train on --data")
+    return typer.Option(None, help="data the proxy scores trials on (same: --data itself); default: --data for "
+                        "naswot; for the short training on the cluttered digits the same digits without fragments "
+                        "(cluttered:CANVAS:0:1), otherwise --data. Promotion trains on --data")
 
 
 

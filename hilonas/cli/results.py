@@ -22,8 +22,11 @@ from hilonas.cli._common import (
     tables_option,
 )
 
-RESULT_COLUMNS = ["number", "state", "accuracy", "promoted_accuracy", "latency_ms", "feasible", "on_front", "flops",
+RESULT_COLUMNS = ["number", "state", "score", "promoted_accuracy", "latency_ms", "feasible", "on_front", "flops",
                   "params", "arch_text"]
+
+_SCORE_MEANING = {"naswot": "NASWOT of the untrained network (higher ranks higher; not an accuracy)",
+                  "train": "held-out top-1 of the short training"}
 
 
 def results(study: str = typer.Argument(..., help=f"study name ({DEFAULT_RUNS_DIR}/<study>/study.db)"),
@@ -43,6 +46,10 @@ def results(study: str = typer.Argument(..., help=f"study name ({DEFAULT_RUNS_DI
         if path is not None:
             typer.echo(f"wrote {write_trials(df, path, kind)} trials to {path}")
     view = df[df["on_front"]] if front_only else df
+    if not df.empty:
+        kind = df["proxy"].iloc[0]
+        typer.echo(f"score: {_SCORE_MEANING.get(kind, kind)}; promoted_accuracy: held-out top-1 after training at "
+                   "the reference budget")
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_colwidth", 90):
         typer.echo(view[RESULT_COLUMNS].to_string(index=False))
 
@@ -89,7 +96,11 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
     typer.echo(f"  {row['arch_text']}")
     if (prov.get("dtype"), prov.get("runtime")) != ("float32", "eager"):
         typer.echo(f"  target: {prov.get('dtype')} on {prov.get('runtime')}")
-    typer.echo(f"  proxy accuracy {prov['proxy_accuracy']:.4f}, predicted latency "
+    score = (f"proxy accuracy {prov['proxy_accuracy']:.4f}" if prov.get("proxy_accuracy") is not None
+             else f"NASWOT score {prov['proxy_score']:.1f}")
+    promoted = (f", promoted top-1 {prov['promoted_accuracy']:.4f}" if prov.get("promoted_accuracy") is not None
+                else "")
+    typer.echo(f"  {score}{promoted}, predicted latency "
                f"{prov['predicted_latency_ms']:.2f} ms, FLOPs {prov['flops'] / 1e9:.3f} G, "
                f"params {prov['params'] / 1e6:.2f} M")
     if m.get("measured"):

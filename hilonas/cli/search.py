@@ -28,7 +28,7 @@ from hilonas.cli._common import (
     tables_option,
     target_option,
 )
-from hilonas.proxy import REFERENCE_FACTOR
+from hilonas.proxy import DEFAULT_PROXY, REFERENCE_FACTOR
 from hilonas.search.promote import DEFAULT_PROMOTE
 
 DEFAULT_SAMPLER = "nsga2"
@@ -41,6 +41,9 @@ _TRIAL_TIMEOUT = number_option(None, help="seconds a trial may run, from its sub
 _PROMOTE = count_option(DEFAULT_PROMOTE, minimum=0, help="front members trained again at the reference budget "
                         f"({REFERENCE_FACTOR:g}x the proxy's) after the trials; the Pareto page and export use "
                         "their figure; 0 skips")
+_PROXY = typer.Option(DEFAULT_PROXY, help="what scores a trial: naswot (the zero-cost score of the untrained network, "
+                     "~0.2 s; ranks like long training better than the short training did on the embedded "
+                     "digits) or train (the short training's held-out top-1, 5-11 s)")
 _ALLOW_SPACE_CHANGE = typer.Option(False, "--allow-space-change", help="resume a study whose search space changed "
                                    "since it started (earlier trials are kept; those outside it are not reused)")
 
@@ -58,6 +61,7 @@ def search(space: str = space_option(),
            runtime: str = runtime_option(),
            data: Optional[str] = data_option(),
            proxy_data: Optional[str] = proxy_data_option(),
+           proxy: str = _PROXY,
            trials: int = count_option(DEFAULT_TRIALS,
                                       help="finished trials wanted in the study (a resume continues up to it)"),
            workers: int = count_option(DEFAULT_WORKERS, help="trials evaluated at once (one CPU and one thread each)"),
@@ -88,13 +92,14 @@ def search(space: str = space_option(),
            no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
            no_probe: bool = no_probe_option(),
            as_json: bool = json_option("print the summary as one JSON object")) -> None:
-    """Multi-objective search: accuracy (proxy training) vs latency (from the table), trials in parallel on Ray."""
+    """Multi-objective search: the proxy's score (NASWOT or short training) vs latency (from the table), trials in parallel on Ray; then the front is promoted (trained for accuracy)."""  # noqa: E501
     quiet_torch()
     import dataclasses
 
     from hilonas.search.driver import SearchSettings, run_search
 
-    settings = SearchSettings(space=space, target=target, data=data, proxy_data=proxy_data, trials=trials,
+    settings = SearchSettings(space=space, target=target, data=data, proxy_data=proxy_data, proxy=proxy,
+                              trials=trials,
                               workers=workers, study=study,
                               storage=storage, sampler=sampler, objective=objective, max_latency_ms=max_latency_ms,
                               latency_margin=latency_margin,

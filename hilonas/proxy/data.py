@@ -82,10 +82,12 @@ class ProxyData:
 SAME = "same"  # ``--proxy-data same``: the short proxy trains on the task's own data
 
 
-def proxy_data_spec(data: str | None, proxy_data: str | None = None) -> str | None:
-    """The spec of the data the short proxy trains and is scored on, in a search (or bench) on ``data``.
+def proxy_data_spec(data: str | None, proxy_data: str | None = None, proxy: str = "train") -> str | None:
+    """The spec of the data a search's (or bench's) proxy scores networks on, in a search on ``data``.
 
-    ``proxy_data`` when given (``"same"``: ``data`` itself). By default, for the cluttered digits, the same digits
+    ``proxy_data`` when given (``"same"``: ``data`` itself). NASWOT (``proxy="naswot"``) reads the task's own images
+    (``data``): its kernel needs no learning, and on the cluttered digits it ranked best there (README, "Proxy
+    training"). For the short training, by default, for the cluttered digits, the same digits
     and split on the same canvas without fragments, scored on one rendering (``cluttered:CANVAS:0:1``): within a
     ~10-second budget no network has begun to find a digit among the fragments, so the clean task ranks networks
     the way the cluttered task's 30x longer training does far better (README, "Proxy training"). Any other data as
@@ -93,6 +95,8 @@ def proxy_data_spec(data: str | None, proxy_data: str | None = None) -> str | No
     """
     if proxy_data is not None:
         return data if proxy_data == SAME else proxy_data
+    if proxy == "naswot":
+        return data
     text = "default" if data is None else str(data)
     if text in ("default", "cluttered") or text.startswith("cluttered:"):
         canvas = _cluttered_args(text)[0]

@@ -28,7 +28,7 @@ from torch import nn
 
 from hilonas.config import ArchConfig
 
-__all__ = ["synflow", "naswot", "grad_norm", "param_count", "flops", "ZERO_COST"]
+__all__ = ["synflow", "naswot", "grad_norm", "param_count", "flops", "ZERO_COST", "scoring_batch", "naswot_on"]
 
 Batch = Union[torch.Tensor, tuple, list]
 ModelOrArch = Union[nn.Module, ArchConfig]
@@ -144,3 +144,19 @@ ZERO_COST: dict[str, Callable[..., float]] = {
     "params": param_count,
     "flops": flops,
 }
+
+
+def scoring_batch(data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch every zero-cost score of a dataset is computed on: its first
+    :data:`hilonas.proxy.ZC_BATCH` training images and labels (the same for every network and every process)."""
+    from hilonas.proxy import ZC_BATCH
+
+    return data.train_x[:ZC_BATCH], data.train_y[:ZC_BATCH]  # type: ignore[attr-defined]
+
+
+def naswot_on(arch: ArchConfig, data: object, *, seed: int = 0) -> float:
+    """NASWOT of ``arch`` (with the data's classes and resolution, initialised from ``seed``) on the data's scoring
+    batch: what ``hilonas search --proxy naswot`` scores a trial by, and ``hilonas bench proxy`` measures."""
+    from hilonas.proxy.train import adapt_arch
+
+    return naswot(adapt_arch(arch, data), scoring_batch(data), seed=seed)  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR
-from hilonas.proxy import REFERENCE_FACTOR
+from hilonas.proxy import DEFAULT_PROXY, REFERENCE_FACTOR, check_proxy
 from hilonas.search import study as studies
 from hilonas.search.executors import EvaluationError, Executor, check_executor, make_executor
 from hilonas.search.lease import AttrLease, Lease, acquire_file_lease
@@ -66,7 +66,8 @@ class SearchSettings:
     space: str = "litv2_tiny"
     target: str = "cpu"
     data: str | None = None  # the task's data: promotion trains on it
-    proxy_data: str | None = None  # what trials train on (hilonas.proxy.data.proxy_data_spec; 'same': data)
+    proxy_data: str | None = None  # what trials are scored on (hilonas.proxy.data.proxy_data_spec; 'same': data)
+    proxy: str = DEFAULT_PROXY  # what scores a trial: naswot (zero-cost) or train (the short training)
     trials: int = 16
     workers: int = 2
     study: str | None = None
@@ -120,6 +121,7 @@ class SearchSettings:
         if self.sampler not in studies.SAMPLERS:
             raise HilonasError(f"--sampler={self.sampler!r} is unknown: use one of {', '.join(studies.SAMPLERS)}")
         check_executor(self.executor, self.ray_address)
+        check_proxy(self.proxy)
         from hilonas.search.promote import check_promote
 
         check_promote(self.promote)
@@ -257,13 +259,13 @@ def open_search(settings: SearchSettings) -> OpenedSearch:
                                       batch=settings.latency_batch, resolution=img_size, dtype=settings.latency_dtype,
                                       backend=settings.latency_runtime)
     data = load_dataset(settings.data, resolution=settings.resolution, seed=settings.seed)
-    spec = proxy_data_spec(settings.data, settings.proxy_data)
+    spec = proxy_data_spec(settings.data, settings.proxy_data, settings.proxy)
     proxy = data if spec == settings.data else load_dataset(spec, resolution=settings.resolution, seed=settings.seed)
     _check_auto_margin(settings, fingerprint)
     record = {"space": space.name, "space_source": space.source, "target": settings.target,
               "fingerprint_id": fingerprint.id, "objective": settings.objective,
               "max_latency_ms": settings.max_latency_ms, "data": data.name, "proxy_data": proxy.name,
-              "budget": budget, "reference_factor": REFERENCE_FACTOR, "seed": settings.seed,
+              "proxy": settings.proxy, "budget": budget, "reference_factor": REFERENCE_FACTOR, "seed": settings.seed,
               "resolution": settings.resolution, "img_size": img_size, "fingerprint": fingerprint.to_dict()}
     opened = OpenedSearch(space=space, name=name, storage_url=storage_url, study=None, fingerprint=fingerprint,
                           data=data, budget=budget, stale_recovered=0, proxy_data=proxy)
@@ -484,7 +486,7 @@ class SearchLoop:
         if prior is not None:
             copied = {k: prior[k] for k in _DUPLICATE_ATTRS if k in prior}
             attrs = {**p.attrs, **copied, "duplicate_of": prior["number"]}
-            self.tell(p.trial, [prior["accuracy"], p.second], TrialState.COMPLETE, attrs)
+            self.tell(p.trial, [prior["score"], p.second], TrialState.COMPLETE, attrs)
             self.new_trials += 1
             return True
         self.submit(p)
@@ -514,7 +516,8 @@ class SearchLoop:
         """Store the attrs known before training on the trial and send its evaluation to the executor."""
         for key, value in p.attrs.items():
             p.trial.set_user_attr(key, value)
-        payload = TrialPayload(arch=p.arch, budget=dict(self.budget), seed=self.settings.seed, threads=1,
+        payload = TrialPayload(arch=p.arch, budget=dict(self.budget), proxy=self.settings.proxy,
+                               seed=self.settings.seed, threads=1,
                                device="cuda" if self.settings.target == "cuda" else "cpu")
         handle = self.executor.submit(evaluate, payload, self.data_ref)
         with self.lock:
@@ -548,11 +551,11 @@ class SearchLoop:
 
     def record_result(self, trial: optuna.trial.Trial, result: TrialResult) -> None:
         attrs = result.attrs()
-        self.tell(trial, [result.accuracy, self._second(trial.user_attrs)], TrialState.COMPLETE, attrs)
+        self.tell(trial, [result.score, self._second(trial.user_attrs)], TrialState.COMPLETE, attrs)
         self.new_trials += 1
         self.known[_arch_key(ArchConfig.from_dict(trial.user_attrs["arch"]))] = {
-            "number": trial.number, "accuracy": result.accuracy, **attrs}
-        _emit(self.on_event, "complete", {"number": trial.number, "accuracy": result.accuracy})
+            "number": trial.number, "score": result.score, **attrs}
+        _emit(self.on_event, "complete", {"number": trial.number, "score": result.score})
         self.view.update(studies.finished_count(self.study), len(self.in_flight), self.failed,
                          _front_size(self.study))
 
@@ -740,7 +743,7 @@ def _known_results(study: optuna.Study, space: SearchSpace) -> dict[tuple, dict]
         if ("arch" in t.user_attrs and not t.user_attrs.get("skipped") and t.values
                 and studies.arch_in_space(space, t.user_attrs["arch"])):
             out.setdefault(_arch_key(ArchConfig.from_dict(t.user_attrs["arch"])),
-                           {"number": t.number, "accuracy": t.values[0], **t.user_attrs})
+                           {"number": t.number, "score": t.values[0], **t.user_attrs})
     return out
 
 

@@ -46,6 +46,7 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
     from hilonas.latency.fingerprint import Fingerprint
     from hilonas.latency.predictor import LatencyPredictor
     from hilonas.latency.table import LatencyTable
+    from hilonas.proxy import proxy_kind
     from hilonas.proxy.data import dataset_spec, load_dataset
 
     settings = studies.study_settings(study)
@@ -58,7 +59,7 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
     check_model_code(table, space.name)
     predictor = LatencyPredictor(table, measure_missing=on_target(settings, fingerprint),
                                  **studies.kept_correction(study))  # on the study's scale, like its trials
-    # Landmarks sit among the trials, so they train on what the trials trained on.
+    # Landmarks sit among the trials, so they are scored like the trials: the same proxy on the same data.
     data = load_dataset(dataset_spec(settings.get("proxy_data", settings.get("data"))),
                         resolution=int(settings["resolution"]),
                         seed=int(settings["seed"]))
@@ -66,7 +67,7 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
     records: list[dict[str, Any]] = []
     for label, arch in space.references:
         old = kept.get(label)
-        if (old is not None and old.get("arch") == arch.to_dict() and old.get("accuracy") is not None
+        if (old is not None and old.get("arch") == arch.to_dict() and old.get("score") is not None
                 and old.get("predicted_latency_ms") is not None):
             records.append({k: v for k, v in old.items() if k not in ("study", "settings")})
             continue  # scored before with the same settings: a study's settings never change
@@ -75,11 +76,11 @@ def evaluate_landmarks(study: optuna.Study, tables_dir: str = DEFAULT_TABLES_DIR
             continue
         latency = predictor.predict(arch)
         # Nothing else runs now: the machine's cores (up to 4) train it, 1.3-1.7x faster than one thread.
-        result = evaluate(TrialPayload(arch=arch, budget=dict(settings["budget"]), seed=int(settings["seed"]),
-                                       threads=min(4, os.cpu_count() or 1)), data)
+        result = evaluate(TrialPayload(arch=arch, budget=dict(settings["budget"]), proxy=proxy_kind(settings),
+                                       seed=int(settings["seed"]), threads=min(4, os.cpu_count() or 1)), data)
         records.append({"number": -1 - len(records), "state": "COMPLETE" if not result.failed else "FAIL",
                         "landmark": label, "arch": arch.to_dict(), "arch_text": arch.describe(),
-                        "accuracy": result.accuracy, "predicted_latency_ms": latency,
+                        "score": result.score, "predicted_latency_ms": latency,
                         "throughput": 1000.0 * fingerprint.batch / latency, "flops": result.flops,
                         "params": result.params, "feasible": True})
     studies.store_landmarks(study, records)
@@ -93,5 +94,5 @@ def _not_measurable(index: int, label: str, arch: Any, fingerprint: Fingerprint,
     print(f"warning: --landmarks {label}: {why}; left off the page (run `hilonas pareto --landmarks` on the target)",
           file=sys.stderr)
     return {"number": -1 - index, "state": "SKIPPED", "landmark": label, "arch": arch.to_dict(),
-            "arch_text": arch.describe(), "accuracy": None, "predicted_latency_ms": None, "throughput": None,
+            "arch_text": arch.describe(), "score": None, "predicted_latency_ms": None, "throughput": None,
             "feasible": False, "skipped": why}

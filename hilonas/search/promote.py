@@ -147,21 +147,21 @@ def promote_front(study: optuna.Study, k: int, executor: Any, data_ref: Any, bud
             print(f"warning: promotion of trial {trial.number} did not finish ({err}); the next run retries it",
                   file=sys.stderr)
             return
-        record = {"accuracy": result.accuracy if result.ok else None, "failed": not result.ok,
-                  "reason": None if result.ok else result.fail_reason, "proxy_accuracy": trial.values[0],
+        record = {"accuracy": result.score if result.ok else None, "failed": not result.ok,
+                  "reason": None if result.ok else result.fail_reason, "proxy_score": trial.values[0],
                   "budget": ref, "seed": seed, "threads": threads, "seconds": result.train_seconds,
                   "steps": result.proxy.get("steps"), "epochs": result.proxy.get("epochs"), "host": result.host}
         study.set_user_attr(f"{PROMOTED_PREFIX}{trial.number}", record)
         count += 1
-        figure = f"{result.accuracy:.4f}" if result.ok else f"failed ({result.fail_reason})"
-        say(f"  trial {trial.number}: proxy {trial.values[0]:.4f} -> promoted {figure} ({result.train_seconds:.0f} s)")
+        figure = f"{result.score:.4f}" if result.ok else f"failed ({result.fail_reason})"
+        say(f"  trial {trial.number}: proxy {trial.values[0]:.4g} -> promoted {figure} ({result.train_seconds:.0f} s)")
 
     try:
         while pending or in_flight:
             while pending and len(in_flight) < executor.slots:
                 trial = pending.pop(0)
                 payload = TrialPayload(arch=ArchConfig.from_dict(trial.user_attrs["arch"]), budget=dict(ref),
-                                       seed=seed, threads=threads, device=device)
+                                       proxy="train", seed=seed, threads=threads, device=device)
                 in_flight[executor.submit(evaluate, payload, data_ref)] = trial
             for handle in executor.wait(list(in_flight)):
                 collect(handle)

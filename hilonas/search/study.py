@@ -25,8 +25,10 @@ SAMPLERS = ("nsga2", "tpe", "random")
 OBJECTIVES = ("latency", "throughput")
 SETTINGS_ATTR = "hilonas_settings"
 # Settings that must match when a study is resumed: changing them would mix incomparable trials.
-RESUME_KEYS = ("space", "target", "fingerprint_id", "objective", "max_latency_ms", "data", "proxy_data", "budget",
-               "seed", "resolution")
+RESUME_KEYS = ("space", "target", "fingerprint_id", "objective", "max_latency_ms", "data", "proxy_data", "proxy",
+               "budget", "seed", "resolution")
+# The name of a study's first objective in Optuna (its dashboard, ``study.metric_names``), per proxy.
+_SCORE_NAMES = {"naswot": "naswot_score", "train": "accuracy"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # Optuna's heartbeat, kept by the driver for every trial it has asked and not told yet (see driver._Keeper): a RUNNING
 # trial whose heartbeat is older than GRACE_SECONDS belongs to a driver that stopped.
@@ -113,16 +115,20 @@ def create_or_resume(name: str, storage: optuna.storages.BaseStorage, settings: 
     study.set_user_attr(SETTINGS_ATTR, json.dumps(settings, sort_keys=True))
     with warnings.catch_warnings():  # experimental in Optuna, harmless
         warnings.simplefilter("ignore")
-        study.set_metric_names(["accuracy", "latency_ms" if settings["objective"] == "latency" else "throughput"])
+        second = "latency_ms" if settings["objective"] == "latency" else "throughput"
+        study.set_metric_names([_SCORE_NAMES.get(settings.get("proxy"), "accuracy"), second])
     return study
 
 
 def _check_resume(name: str, study: optuna.Study, settings: dict[str, Any]) -> None:
+    from hilonas.proxy import LEGACY_PROXY
     from hilonas.proxy.data import data_name
 
     stored = json.loads(study.user_attrs.get(SETTINGS_ATTR, "{}"))
     if "data" in stored:  # a study from before the proxy had data of its own trained its trials on ``data``
         stored.setdefault("proxy_data", stored["data"])
+    if stored:  # a study from before the proxy was recorded scored its trials by the short training
+        stored.setdefault("proxy", LEGACY_PROXY)
     for key in ("data", "proxy_data"):  # the legacy name of the embedded digits, spelled out
         if key in stored:
             stored[key] = data_name(stored[key])
@@ -355,7 +361,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         values = t.values or [None, None]
         out.append({"study": study.study_name, "number": t.number, "state": t.state.name,
-                    "accuracy": values[0], "objective_2": values[1], "params_sampled": dict(t.params),
+                    "score": values[0], "objective_2": values[1], "params_sampled": dict(t.params),
                     "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None,

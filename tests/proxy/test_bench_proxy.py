@@ -92,3 +92,24 @@ def test_bench_bad_input():
         bench.run_proxy_bench("litv2_tiny", n=2)
     with pytest.raises(HilonasError, match="reference-factor"):
         bench.run_proxy_bench("litv2_tiny", n=4, reference_factor=1)
+
+
+def test_a_search_trial_scores_naswot_as_the_bench_measures_it(monkeypatch, tiny_arch):
+    """The search's default proxy is the bench's ``naswot`` entry: the same network, batch and seed give the same
+    score, so the bench's Spearman is the search's."""
+    from hilonas.proxy import DEFAULT_PROXY
+    from hilonas.proxy.data import load_dataset
+    from hilonas.search.objective import TrialPayload, evaluate
+
+    monkeypatch.setattr(bench, "_DATA", None)
+    monkeypatch.setattr(bench, "_PROXY_DATA", None)
+    bench._init_worker("digits", 16, 0)
+    record = bench._score_arch(tiny_arch.to_dict(), {}, ProxyBudget(steps=1, batch_size=16), seed=3, threads=1)
+    trial = evaluate(TrialPayload(arch=tiny_arch, proxy=DEFAULT_PROXY, seed=3),
+                     load_dataset("digits", resolution=16, seed=0))
+    assert DEFAULT_PROXY == "naswot" and trial.ok and trial.proxy["kind"] == "naswot"
+    assert trial.score == record["scores"]["naswot"] and trial.proxy["images"] == 64
+    report = bench._report([record, {**record, "scores": {**record["scores"], "reference": 0.0}}],
+                           {"space": "s", "data": "digits", "seed": 0, "resolution": 16}, ProxyBudget(steps=1),
+                           ProxyBudget(steps=2), 2.0, 1, 1, 1.0)
+    assert report["search_default"] == "naswot" and "naswot *" in bench.format_proxy_bench(report)

@@ -177,9 +177,11 @@ def test_a_study_that_stored_the_bare_name_resumes_on_that_data_only(tmp_path):
     old = optuna.create_study(study_name="old", storage=storage, directions=["maximize", "minimize"])
     old.set_user_attr(studies.SETTINGS_ATTR, json.dumps({"data": "cluttered"}))
     today = load_dataset(resolution=8, max_train=10, max_val=10).name
-    studies._check_resume("old", old, {"data": today, "proxy_data": today})
+    studies._check_resume("old", old, {"data": today, "proxy_data": today, "proxy": "train"})
     short = optuna.create_study(study_name="short", storage=storage, directions=["maximize", "minimize"])
     short.set_user_attr(studies.SETTINGS_ATTR, json.dumps({"data": "cluttered:48:8", "proxy_data": "cluttered:48:0:1"}))
-    studies._check_resume("short", short, {"data": "cluttered:48:8:4", "proxy_data": "cluttered:48:0:1"})
+    studies._check_resume("short", short, {"data": "cluttered:48:8:4", "proxy_data": "cluttered:48:0:1",
+                                           "proxy": "train"})
     with pytest.raises(HilonasError, match="data='cluttered:40:6:4', now 'cluttered:40:3:4'"):
-        studies._check_resume("old", old, {"data": "cluttered:40:3:4", "proxy_data": "cluttered:40:3:4"})
+        studies._check_resume("old", old, {"data": "cluttered:40:3:4", "proxy_data": "cluttered:40:3:4",
+                                           "proxy": "train"})

@@ -12,7 +12,7 @@ from ..shared import count_rows
 
 
 def fake_result(accuracy=0.5):
-    return TrialResult(accuracy=accuracy, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+    return TrialResult(score=accuracy, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
                        eval_seconds=0.1, proxy={"steps": 3}, host="h", pid=1)
 
 
@@ -35,7 +35,7 @@ def slow(payload, data):
     until = time.time() + float(sys.argv[2])
     while time.time() < until and os.path.exists(sys.argv[1]):
         time.sleep(0.05)
-    return TrialResult(accuracy=0.5, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+    return TrialResult(score=0.5, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
                        eval_seconds=0.1, proxy={}, host="h", pid=1)
 
 d.evaluate = slow

@@ -86,7 +86,7 @@ def tiny_arch():
 
 
 def fake_result(accuracy=0.5, failed=False):
-    return TrialResult(accuracy=accuracy, failed=failed, reason="diverged" if failed else None, flops=10, params=20,
+    return TrialResult(score=accuracy, failed=failed, reason="diverged" if failed else None, flops=10, params=20,
                        train_seconds=0.1, eval_seconds=0.2, proxy={"steps": 3}, host="h", pid=1)
 
 
@@ -101,7 +101,7 @@ def test_payload_and_result_are_plain_picklable_values():
     assert result.ok and tuple(result.attrs()) == RESULT_ATTRS
     assert not fake_result(failed=True).ok and fake_result(failed=True).fail_reason == "diverged"
     assert not fake_result(accuracy=math.nan).ok
-    assert not fake_result(accuracy=None).ok and fake_result(accuracy=None).fail_reason == "no accuracy"
+    assert not fake_result(accuracy=None).ok and fake_result(accuracy=None).fail_reason == "no score"
 
 
 ONE_ARCH_SPACE = {

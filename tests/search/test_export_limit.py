@@ -30,8 +30,8 @@ def _fake_remeasure(over: set[int], by_arch: dict[str, tuple[int, float]], calls
 
 def _ranked(runs):
     df, _ = study_results(["ex"], None, runs)
-    done = df[(df["state"] == "COMPLETE") & df["feasible"] & df["accuracy"].notna() & df["landmark"].isna()]
-    done = done.sort_values(["accuracy", "latency_ms"], ascending=[False, True], kind="stable")
+    done = df[(df["state"] == "COMPLETE") & df["feasible"] & df["score"].notna() & df["landmark"].isna()]
+    done = done.sort_values(["score", "latency_ms"], ascending=[False, True], kind="stable")
     by_arch = {r["arch_text"]: (int(r["number"]), float(r["latency_ms"])) for _, r in done.iterrows()}
     return done, by_arch
 

@@ -38,7 +38,7 @@ def fake(payload, data):
             time.sleep(600)
         open(sys.argv[1], "w").close()
         acc += 0.2
-    return TrialResult(accuracy=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+    return TrialResult(score=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
                        eval_seconds=0.1, proxy={"steps": payload.budget.get("steps")}, host="h", pid=1)
 
 d.evaluate = fake
@@ -85,7 +85,7 @@ def test_promotion_resumes_after_kill_9_without_training_a_promoted_trial_again(
     def fake(payload, data):
         trained.append(payload.budget["steps"])
         acc = sum(payload.arch.embed_dims) / 100 + 0.3
-        return TrialResult(accuracy=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+        return TrialResult(score=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
                            eval_seconds=0.1, proxy={"steps": payload.budget["steps"]}, host="h", pid=1)
 
     monkeypatch.setattr(driver, "evaluate", fake)
@@ -120,12 +120,12 @@ def test_promoted_figures_reach_results_page_and_export(workdir, settings, monke
         acc = sum(payload.arch.embed_dims) / 100
         if payload.budget["steps"] > 3:
             acc = 1.0 - acc / 2
-        return TrialResult(accuracy=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+        return TrialResult(score=acc, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
                            eval_seconds=0.1, proxy={}, host="h", pid=1)
 
     monkeypatch.setattr(driver, "evaluate", fake)
     monkeypatch.setattr(LatencyPredictor, "predict", fake_latency)
-    summary = driver.run_search(local(settings, workdir, "pp", 2), progress=False)
+    summary = driver.run_search(replace(local(settings, workdir, "pp", 2), proxy="train"), progress=False)
     df, _ = studies.study_results(["pp"], runs_dir=str(workdir / "runs"))
     promoted = df[df["promoted_accuracy"].notna()]
     assert summary.promoted == len(promoted) == 2 and promoted["on_front"].all()
@@ -146,7 +146,7 @@ def test_promoted_figures_reach_results_page_and_export(workdir, settings, monke
     assert int(select_trial(df, knee=True)["number"]) == fastest
     best_promoted = float(promoted["promoted_accuracy"].max())
     assert int(select_trial(df, min_accuracy=best_promoted)["number"]) == fastest
-    assert best_promoted > df["accuracy"].max()  # no proxy figure reaches it: only the promoted one does
+    assert best_promoted > df["score"].max()  # no proxy figure reaches it: only the promoted one does
 
 
 def test_a_resumed_study_promotes_at_the_factor_it_was_started_with():
@@ -180,7 +180,7 @@ def test_members_fewer_than_the_workers_train_with_the_idle_workers_threads(work
 
     def fake(payload, data):
         threads.append(payload.threads)
-        return TrialResult(accuracy=sum(payload.arch.embed_dims) / 100, failed=False, reason=None, flops=10,
+        return TrialResult(score=sum(payload.arch.embed_dims) / 100, failed=False, reason=None, flops=10,
                            params=20, train_seconds=0.1, eval_seconds=0.1, proxy={}, host="h", pid=1)
 
     threads: list[int] = []
@@ -220,12 +220,13 @@ def test_trials_train_on_the_proxy_data_and_promotion_on_the_task_data(workdir, 
 
     def fake(payload, data):
         seen["promotion" if payload.budget["steps"] > 3 else "trial"].add((data.name, data.num_val))
-        return TrialResult(accuracy=sum(payload.arch.embed_dims) / 100, failed=False, reason=None, flops=10,
+        return TrialResult(score=sum(payload.arch.embed_dims) / 100, failed=False, reason=None, flops=10,
                            params=20, train_seconds=0.1, eval_seconds=0.1, proxy={}, host="h", pid=1)
 
     monkeypatch.setattr(driver, "evaluate", fake)
     monkeypatch.setattr(LatencyPredictor, "predict", fake_latency)
-    run = settings(workdir, study="pd", trials=4, workers=1, executor="local", promote=1, data="cluttered:32:2:2")
+    run = settings(workdir, study="pd", trials=4, workers=1, executor="local", promote=1, data="cluttered:32:2:2",
+                   proxy="train")
     driver.run_search(run, progress=False)
     assert seen == {"trial": {("cluttered:32:0:1", 2500)}, "promotion": {("cluttered:32:2:2", 5000)}}
     study = studies.load_existing("pd", None, str(workdir / "runs"))
@@ -237,3 +238,53 @@ def test_trials_train_on_the_proxy_data_and_promotion_on_the_task_data(workdir, 
     assert "proxy on cluttered:32:0:1" in title and "(reference budget) on cluttered:32:2:2" in title
     with pytest.raises(HilonasError, match="proxy_data='cluttered:32:0:1', now 'cluttered:32:2:2'"):
         driver.run_search(replace(run, proxy_data="same"), progress=False)
+
+
+def test_a_naswot_study_scores_on_the_task_data_and_promotes_onto_an_accuracy_axis(workdir, settings, monkeypatch):
+    """The default proxy (NASWOT): trials are scored on the task's own data by the zero-cost score, promotion trains
+    on the same data; the results carry the score (no accuracy), the page puts promoted accuracies on a second y
+    axis joined by vertical lines, ``--min-accuracy`` chooses among promoted members only, and says so when there
+    are none."""
+    import hilonas.search.driver as driver
+    from hilonas.analysis.plots import pareto_figure
+    from hilonas.export import select_trial
+    from hilonas.latency.predictor import LatencyPredictor
+
+    seen: dict[str, set] = {"naswot": set(), "train": set()}
+
+    def fake(payload, data):
+        seen[payload.proxy].add(data.name)
+        width = sum(payload.arch.embed_dims)
+        # NASWOT grows with width (hundreds, not an accuracy); the reference training prefers narrow networks.
+        score = 100.0 + width if payload.proxy == "naswot" else 1.0 - width / 1000
+        return TrialResult(score=score, failed=False, reason=None, flops=10, params=20, train_seconds=0.1,
+                           eval_seconds=0.1, proxy={"kind": payload.proxy}, host="h", pid=1)
+
+    monkeypatch.setattr(driver, "evaluate", fake)
+    monkeypatch.setattr(LatencyPredictor, "predict", fake_latency)
+    run = settings(workdir, study="nw", trials=8, workers=1, executor="local", promote=0, data="cluttered:32:2:2")
+    driver.run_search(run, progress=False)
+    df, _ = studies.study_results(["nw"], runs_dir=str(workdir / "runs"))
+    assert seen == {"naswot": {"cluttered:32:2:2"}, "train": set()}
+    assert set(df["proxy"]) == {"naswot"} and df["accuracy"].isna().all() and (df["score"] > 100).all()
+    with pytest.raises(HilonasError, match="min-accuracy=0.5: no trial of this study has an accuracy .*NASWOT"):
+        select_trial(df, min_accuracy=0.5)
+
+    driver.run_search(replace(run, promote=2, resume=True), progress=False)  # promotes on resume
+    assert seen["train"] == {"cluttered:32:2:2"}
+    df, _ = studies.study_results(["nw"], runs_dir=str(workdir / "runs"))
+    promoted = df[df["promoted_accuracy"].notna()]
+    assert len(promoted) == 2 and promoted["on_front"].all()
+    fig = pareto_figure(df)
+    marks = [t for t in fig.data if t.name and t.name.endswith("promoted (reference budget)")]
+    assert len(marks) == 1 and marks[0].yaxis == "y2" and sorted(marks[0].y) == sorted(promoted["promoted_accuracy"])
+    assert fig.layout.yaxis2.overlaying == "y" and "top-1 accuracy" in fig.layout.yaxis2.title.text
+    assert fig.layout.yaxis.title.text.startswith("NASWOT score")
+    assert sorted(sh.x0 for sh in fig.layout.shapes) == sorted(promoted["latency_ms"])  # one join per member
+    # --min-accuracy reads promoted figures only; the fastest promoted member reaches the best of them.
+    best = float(promoted["promoted_accuracy"].max())
+    fastest = int(promoted.sort_values("latency_ms").iloc[0]["number"])
+    assert int(select_trial(df, min_accuracy=best)["number"]) == fastest
+    assert int(select_trial(df, knee=True)["number"]) in set(promoted["number"])
+    with pytest.raises(HilonasError, match="resume"):  # a resume with the training proxy would mix incomparable trials
+        driver.run_search(replace(run, proxy="train", resume=True), progress=False)

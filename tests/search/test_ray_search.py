@@ -103,7 +103,8 @@ def test_search_reaches_count_and_resumes(workdir, settings):
     for t in done:
         assert set(t.user_attrs) <= set(TRIAL_ATTRS), set(t.user_attrs) - set(TRIAL_ATTRS)
     assert t.values[1] == pytest.approx(t.user_attrs["predicted_latency_ms"])
-    assert 0.0 <= t.values[0] <= 1.0
+    # The default proxy: NASWOT of the untrained network, log|K| of a 64-image kernel (positive, not an accuracy).
+    assert t.user_attrs["proxy"]["kind"] == "naswot" and t.values[0] == t.user_attrs["proxy"]["score"] > 0
     # The same command again adds nothing (whatever runs the trials); a larger --trials continues.
     again = run_search(settings(workdir, trials=4, workers=2, executor="local"), progress=False)
     assert again.new_trials == 0 and again.finished == 4

@@ -24,7 +24,7 @@ def complete(study_path, name="t"):
 
 
 def test_nan_training_is_a_failed_trial(workdir, settings):
-    s = settings(workdir, trials=2, workers=1, executor="local", max_failures=2,
+    s = settings(workdir, trials=2, workers=1, executor="local", max_failures=2, proxy="train",
                  budget={"steps": 3, "batch_size": 16, "lr": 1e12})
     with pytest.raises(HilonasError, match="failed"):
         run_search(s, progress=False)
@@ -64,7 +64,8 @@ def test_sigkill_mid_run_loses_nothing(workdir):
     trials = 6
     db = workdir / "runs" / "k" / "study.db"
     cmd = [sys.executable, "-m", "hilonas.cli", "search", "--space", str(workdir / "space.yaml"), "--study", "k",
-           "--trials", str(trials), "--workers", "2", "--steps", "40", "--batch-size", "16", "--resolution", "16",
+           "--trials", str(trials), "--workers", "2", "--proxy", "train", "--steps", "40", "--batch-size", "16",
+           "--resolution", "16",
            "--sampler", "random", "--no-progress", "--no-probe", "--promote", "0", "--executor", "local",
            "--tables", str(workdir / "latency_tables"),
            "--runs", str(workdir / "runs")]
