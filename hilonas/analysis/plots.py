@@ -39,7 +39,7 @@ def _hover(row: pd.Series) -> str:
 def _score_text(row: pd.Series) -> str:
     """'NASWOT 612.3' or 'accuracy 0.5123' (the proxy's score of a row), '-' when it has none."""
     if pd.isna(row.get("score")):
-        return "score -"
+        return "not scored"
     if row.get("proxy") == "naswot":
         return f"NASWOT {row['score']:.1f}"
     return f"accuracy {row['score']:.4f}"
@@ -71,7 +71,8 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
     check_axis(x)
     col = "latency_ms" if x == "latency" else "throughput"
     fig = go.Figure()
-    done = df[(df["state"] == "COMPLETE") & df["score"].notna() & df["latency_ms"].notna()]
+    # Trials over the limit were not scored: drawn at the bottom of their study's scores, as faint crosses.
+    done = df[(df["state"] == "COMPLETE") & (df["score"].notna() | ~df["feasible"]) & df["latency_ms"].notna()]
     second = _needs_second_axis(done)
     for i, (study, part) in enumerate(done.groupby("study", sort=False)):
         colour = _COLOURS[i % len(_COLOURS)]
@@ -79,6 +80,7 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
         name = f"{study} ({target})" if target else str(study)
         mixers = part["arch_text"].map(mixers_of) if "arch_text" in part else pd.Series("", index=part.index)
         several = mixers.nunique() > 1  # a space that chooses among mixers: the front says which hold it
+        floor = part["score"].min() if part["score"].notna().any() else 0.0
         for subset, opacity, label, size in (
                 (part[~part["on_front"] & part["feasible"]], 0.3, "trials", 7),
                 (part[~part["feasible"]], 0.15, "over the limit", 6),
@@ -87,7 +89,7 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
                 continue
             text = mixers[subset.index] if several and label == "front" else None
             fig.add_trace(go.Scatter(
-                x=subset[col], y=subset["score"], mode="markers+text" if text is not None else "markers",
+                x=subset[col], y=subset["score"].fillna(floor), mode="markers+text" if text is not None else "markers",
                 name=f"{name}: {label}", legendgroup=str(study), opacity=opacity, text=text,
                 textposition="bottom center", textfont={"size": 10, "color": colour},
                 marker={"color": colour, "size": size, "symbol": "x" if label == "over the limit" else "circle"},
@@ -123,8 +125,17 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
     if second and "promoted_accuracy" in done and done["promoted_accuracy"].notna().any():
         fig.update_layout(yaxis2={"title": "top-1 accuracy (held-out), triangles: promoted (reference budget)"
                                            + _one(done, "data"), "overlaying": "y", "side": "right",
-                                  "showgrid": False})
+                                  "showgrid": False, "tickformat": ".1%",
+                                  "range": _padded(done["promoted_accuracy"].dropna())})
     return fig
+
+
+def _padded(values: pd.Series) -> list[float]:
+    """An axis range around ``values`` with room above and below (at least 2 points of accuracy each way), so that
+    triangles at the extremes do not sit on the plot's edges."""
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.25 * (hi - lo), 0.02)
+    return [lo - pad, hi + pad]
 
 
 def _needs_second_axis(done: pd.DataFrame) -> bool:

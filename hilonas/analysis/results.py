@@ -38,7 +38,8 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         arch = r.get("arch") or {}
         proxy = proxy_kind(settings)
         # Records from before the score was named carry it as "accuracy" (old landmarks).
-        score = r.get("score", r.get("accuracy")) if r["state"] == "COMPLETE" else None
+        # A trial over the latency limit was not scored (Optuna holds a placeholder 0 for it).
+        score = r.get("score", r.get("accuracy")) if r["state"] == "COMPLETE" and not r.get("skipped") else None
         row = {
             "study": r["study"], "target": settings.get("target"), "number": r["number"], "state": r["state"],
             "proxy": proxy, "score": score, "accuracy": score if proxy == "train" else None,

@@ -1,5 +1,6 @@
 """Front extraction, exactly, on hand-made studies; the renderer smoke-tested."""
 import optuna
+import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
@@ -154,3 +155,26 @@ def test_the_front_names_its_mixers_when_the_space_chooses_among_them():
     df["arch_text"] = "[1x8 none | 1x16 hilo h2 w2] @32"  # one mixer everywhere: no labels
     (front,) = [t for t in pareto_figure(df).data if t.name == "mx (cpu): front" and "markers" in t.mode]
     assert front.text is None
+
+
+def test_a_trial_over_the_limit_has_no_score_and_sits_at_the_floor_of_a_naswot_page():
+    """Optuna holds 0 for a trial predicted over the limit (never scored): the frame gives it no score, and the
+    page draws its cross at the bottom of its study's scores, so a NASWOT axis (hundreds) is not stretched to 0."""
+    from hilonas.analysis.plots import pareto_figure
+
+    study = make_study("n", [(480.0, 8.0), (505.0, 9.0)], limit=11.0)
+    study.set_user_attr("hilonas_settings", '{"target": "cpu", "objective": "latency", "max_latency_ms": 11, '
+                                            '"proxy": "naswot"}')
+    study.add_trial(create_trial(values=[0.0, 14.0], params={"s0_depth": 1},
+                                 distributions={"s0_depth": CategoricalDistribution([1, 2])},
+                                 user_attrs={"arch": ARCH, "arch_text": "x", "predicted_latency_ms": 14.0,
+                                             "throughput": 1000 / 14, "feasible": False,
+                                             "skipped": "predicted latency over --max-latency-ms: not trained"}))
+    df = results_frame(trial_records(study))
+    over = df[df.number == 3].iloc[0]
+    assert pd.isna(over.score) and not over.feasible and set(df.proxy) == {"naswot"} and df.accuracy.isna().all()
+    fig = pareto_figure(df)
+    crosses = [t for t in fig.data if t.name == "n (cpu): over the limit"]
+    assert len(crosses) == 1 and list(crosses[0].y) == [480.0] and "not scored" in crosses[0].hovertext[0]
+    assert min(y for t in fig.data if t.y is not None for y in t.y if y is not None) == 480.0
+    assert fig.layout.yaxis.title.text.startswith("NASWOT score")
