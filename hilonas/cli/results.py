@@ -64,7 +64,7 @@ def pareto(studies_: list[str] = typer.Argument(..., metavar="STUDY...", help="o
            landmarks: bool = typer.Option(False, "--landmarks",
                                           help="evaluate the space's reference architectures into the study first"),
            tables: str = tables_option("latency tables folder (for --landmarks)")) -> None:
-    """The accuracy-vs-latency Pareto page (plotly, works offline): fronts of several studies side by side."""
+    """The score-vs-latency Pareto page with promoted accuracies (plotly, works offline): fronts of several studies side by side."""  # noqa: E501
     from hilonas.analysis.plots import check_axis, pareto_figure, write_html, write_png
 
     check_axis(x)  # before --landmarks spends minutes training
@@ -141,13 +141,15 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
 
 def export(study: str = typer.Argument(..., help="study name"),
            trial: Optional[int] = count_option(None, help="export this trial number", minimum=0),
-           max_latency_ms: Optional[float] = number_option(None, help="the most accurate trial at most this slow, "
+           max_latency_ms: Optional[float] = number_option(None, help="the best-scored trial at most this slow, "
                                                            "held by re-measuring: a trial over it is passed over"),
            tries: int = count_option(3, help="with --max-latency-ms: how many trials to re-measure before giving up",
                                      minimum=1),
-           min_accuracy: Optional[float] = number_option(None, help="the fastest trial at least this accurate",
+           min_accuracy: Optional[float] = number_option(None, help="the fastest trial at least this accurate "
+                                                         "(promoted accuracy; with --proxy train also the proxy's)",
                                                          strictly=False, maximum=1.0),
-           knee: bool = typer.Option(False, "--knee", help="the front's knee: the best accuracy/latency trade-off"),
+           knee: bool = typer.Option(False, "--knee", help="the front's knee: the best accuracy/latency "
+                            "trade-off (over the promoted members when there are any)"),
            out: Optional[Path] = output_folder_option(None, f"new folder (default {DEFAULT_RUNS_DIR}/<study>/"
                                                       "export-trial<N>)"),
            weights: bool = typer.Option(False, "--weights", help="train with the proxy trainer and save weights"),

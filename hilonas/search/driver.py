@@ -7,7 +7,7 @@ result at once. Each trial goes through three small steps:
 - **ask and route** (:meth:`SearchLoop.start_next`): ask a trial, sample its architecture, predict its latency; a
   trial whose prediction x (1 + ``--latency-margin``) is over ``--max-latency-ms`` is told at once as infeasible
   (:func:`feasibility`), one whose network was already trained is told at
-  once with the earlier accuracy, anything else is submitted as a :class:`~hilonas.search.objective.TrialPayload`;
+  once with the earlier score, anything else is submitted as a :class:`~hilonas.search.objective.TrialPayload`;
 - **evaluate**: :func:`hilonas.search.objective.evaluate` on a worker returns a
   :class:`~hilonas.search.objective.TrialResult`;
 - **record** (:meth:`SearchLoop.collect`): tell the result (or the failure) with its user attrs.
@@ -78,7 +78,7 @@ class SearchSettings:
     latency_margin: str | float | None = None  # 'auto' (the table's validated p90 error) or a fraction in [0, 1)
     probe: bool = True  # re-time the table's probe networks first and scale predictions to this machine's speed
     budget: dict[str, Any] = field(default_factory=dict)
-    resolution: int = 32  # proxy training resolution; latency is always at the space's img_size
+    resolution: int = 32  # the proxy's and promotion's resolution; latency is always at the space's img_size
     seed: int = 0
     executor: str = "ray"
     ray_address: str | None = None
