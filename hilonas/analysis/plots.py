@@ -107,14 +107,26 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
             xv = value if x == "latency" else 1000.0 / value
             fig.add_vline(x=xv, line={"color": colour, "dash": "dash"},
                           annotation_text=f"limit {value:g} ms ({study})", annotation_position="top")
-    if landmarks is not None:  # one not measurable here has no latency: left off the page
-        landmarks = landmarks[landmarks["latency_ms"].notna() & landmarks["score"].notna()]
-    if landmarks is not None and not landmarks.empty:
+    _landmarks(fig, landmarks, col)
+    _layout(fig, done, second, x)
+    return fig
+
+
+def _landmarks(fig: go.Figure, landmarks: pd.DataFrame | None, col: str) -> None:
+    """The space's reference architectures as labelled stars (one not measurable here has no latency: left off)."""
+    if landmarks is None:
+        return
+    landmarks = landmarks[landmarks["latency_ms"].notna() & landmarks["score"].notna()]
+    if not landmarks.empty:
         fig.add_trace(go.Scatter(
             x=landmarks[col], y=landmarks["score"], mode="markers+text", name="reference architectures",
             text=landmarks["landmark"], textposition="top center",
             marker={"symbol": "star", "size": 14, "color": "#444"},
             hovertext=[_hover(r) for _, r in landmarks.iterrows()], hoverinfo="text"))
+
+
+def _layout(fig: go.Figure, done: pd.DataFrame, second: bool, x: str) -> None:
+    """Titles and axes; with ``second``, the right-hand axis of the promoted accuracies."""
     fig.update_layout(
         title=("Accuracy (proxy)" if not second else "Proxy score and promoted accuracy") + " vs "
         + ("predicted latency" if x == "latency" else "throughput"),
@@ -127,7 +139,6 @@ def pareto_figure(df: pd.DataFrame, landmarks: pd.DataFrame | None = None, x: st
                                            + _one(done, "data"), "overlaying": "y", "side": "right",
                                   "showgrid": False, "tickformat": ".1%",
                                   "range": _padded(done["promoted_accuracy"].dropna())})
-    return fig
 
 
 def _padded(values: pd.Series) -> list[float]:
