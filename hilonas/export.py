@@ -311,11 +311,12 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     probe taken now (unless ``probe`` is False; :mod:`hilonas.latency.probe`): ``error`` = measured / predicted
     today - 1; ``speed_factor`` is the probe's headline factor.
 
-    With the probe, the probe's networks are also timed in the fresh process, in the same passes as the exported
-    one: ``beside_factor`` is their median ratio to the table then, and ``error_drift_corrected`` compares with
-    the prediction at that speed (today's prediction / ``speed_factor`` * ``beside_factor``), as ``latency
-    validate``'s drift-corrected figures do: what is left is the table's own error, not the machine's moves since
-    the probe.
+    The probe's networks are also timed in the fresh process, in the same passes as the exported one (with or
+    without the probe): ``beside_factor`` is their median ratio to the table then, and ``error_drift_corrected``
+    compares with the prediction at that speed (today's prediction / ``speed_factor`` * ``beside_factor``; without
+    the probe the table's prediction * ``beside_factor``), as ``latency validate``'s drift-corrected figures do:
+    what is left is the table's own error, not the machine's moves since the probe. Without the probe ``error`` is
+    against the table's prediction.
     """
     from hilonas.latency.build import check_model_code
     from hilonas.latency.external import measure_in_subprocess, serving_env_line
@@ -344,7 +345,7 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     predictor = LatencyPredictor(table, **(speed.correction() if speed is not None else {}))
     base, today = predictor.predict_base(arch), predictor.predict(arch)
     settings = measurement_settings(table)
-    beside = probe_networks(table) if speed is not None else []
+    beside = probe_networks(table)
     m = measure_in_subprocess(arch_yaml, threads=target.threads, batch=target.batch, statistic=settings["statistic"],
                               device=target.device_kind, dtype=target.dtype, runtime=target.backend,
                               settings=settings, companions={"fingerprint": target.to_dict(), "archs": [

@@ -110,8 +110,9 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
                        f"{abs(factor - 1):.1%} {'slower' if factor >= 1 else 'faster'}; "
                        f"{m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms "
                        "(each kind of block scaled by its own factor)")
+        against = "predicted today" if m.get("speed_probe") else "the table's prediction (no probe)"
         typer.echo(f"  re-measured in a fresh process: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs "
-                   "predicted today)")
+                   f"{against})")
         if "error_drift_corrected" in m:
             typer.echo(f"  the probe's networks, timed beside it, ran {m['beside_factor']:.3f}x the table: "
                        f"{m['error_drift_corrected']:+.1%} vs the prediction at that speed "
@@ -122,9 +123,10 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
             typer.echo(f"warning: measured latency differs from the prediction by {table_error:+.1%} "
                        f"(more than {WARN_ERROR:.0%}); check `hilonas latency validate`", err=True)
         elif abs(m["error"]) > WARN_ERROR:
-            typer.echo(f"note: the machine's speed moved since the probe: {m['error']:+.1%} against the probe's "
-                       f"prediction, {table_error:+.1%} at the speed the probe's networks ran beside the export",
-                       err=True)
+            moved = "the machine's speed moved since the probe" if m.get("speed_probe") else \
+                "this machine runs at another speed than the table's host"
+            typer.echo(f"note: {moved}: {m['error']:+.1%} against {against}, {table_error:+.1%} at the speed the "
+                       "probe's networks ran beside the export", err=True)
     elif m:
         typer.echo(f"  not re-measured: {m['reason']}")
     for p in prov.get("limit", {}).get("passed_over", []):

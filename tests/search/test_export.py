@@ -105,6 +105,28 @@ def test_export_bad_input(export_study, args, needle, monkeypatch, capsys):
     assert not leftovers  # nothing half-written
 
 
+def test_export_without_the_probe_still_times_the_probe_networks_beside(export_study):
+    """``export --no-probe`` skips the ~20-s probe, not the check: the probe's networks run in the same passes as the
+    exported one, so the table's own error is still reported (against the table's prediction at the speed they
+    ran), and the headline error is against the table's prediction."""
+    from hilonas.latency.predictor import LatencyPredictor
+    from hilonas.latency.table import LatencyTable
+
+    study = export_study
+    out = cli("export", "ex", "--trial", "1", "--no-probe", "--json", "--out", str(study / "exp-np"),
+              "--runs", str(study / "runs"), cwd=study)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads(out.stdout)["measurement"]
+    assert m["measured"] and m["speed_probe"] is None and m["speed_factor"] == 1.0
+    table = LatencyTable.load(next((study / "latency_tables").glob("*.json")))
+    arch = ArchConfig.from_dict(yaml.safe_load((study / "exp-np" / "arch.yaml").read_text()))
+    assert m["predicted_today_ms"] == pytest.approx(LatencyPredictor(table).predict(arch))
+    assert m["error"] == pytest.approx(m["measured_latency_ms"] / m["predicted_today_ms"] - 1)
+    assert m["beside_factor"] > 0 and m["predicted_beside_ms"] == pytest.approx(
+        m["predicted_today_ms"] * m["beside_factor"])
+    assert m["error_drift_corrected"] == pytest.approx(m["measured_latency_ms"] / m["predicted_beside_ms"] - 1)
+
+
 def test_results_and_pareto_page(export_study):
     study = export_study
     out = cli("results", "ex", "--csv", str(study / "r.csv"), "--runs", str(study / "runs"), cwd=study)
