@@ -30,7 +30,7 @@ demo: $(STAMP)
 		--latency-margin auto --promote 2 --study $(DEMO_STUDY)
 	$(BIN)/hilonas results $(DEMO_STUDY) --front
 	$(BIN)/hilonas pareto $(DEMO_STUDY) --landmarks --out runs/$(DEMO_STUDY)/pareto.html
-	$(BIN)/hilonas export $(DEMO_STUDY) --knee --out runs/$(DEMO_STUDY)/export --onnx --force --no-probe
+	$(BIN)/hilonas export $(DEMO_STUDY) --knee --out runs/$(DEMO_STUDY)/export --force --no-probe
 	@echo "demo done: study runs/$(DEMO_STUDY)/study.db, page runs/$(DEMO_STUDY)/pareto.html, config runs/$(DEMO_STUDY)/export/arch.yaml"
 
 # What CI runs: the linter, then every test (slow ones included): two workers taking whole files, then the
