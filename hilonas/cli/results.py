@@ -100,7 +100,7 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
              else f"NASWOT score {prov['proxy_score']:.1f}")
     promoted = (f", promoted top-1 {prov['promoted_accuracy']:.4f}" if prov.get("promoted_accuracy") is not None
                 else "")
-    typer.echo(f"  {score}{promoted}, predicted latency "
+    typer.echo(f"  {score}{promoted}, predicted latency in the search "
                f"{prov['predicted_latency_ms']:.2f} ms, FLOPs {prov['flops'] / 1e9:.3f} G, "
                f"params {prov['params'] / 1e6:.2f} M")
     if m.get("measured"):
@@ -110,9 +110,9 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
                        f"{abs(factor - 1):.1%} {'slower' if factor >= 1 else 'faster'}; "
                        f"{m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms "
                        "(each kind of block scaled by its own factor)")
-        against = "predicted today" if m.get("speed_probe") else "the table's prediction (no probe)"
+        against = "predicted today" if m.get("speed_probe") else "the table's prediction without a probe"
         typer.echo(f"  re-measured in a fresh process: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs "
-                   f"{against})")
+                   f"{against}, {m['predicted_today_ms']:.2f} ms)")
         if "error_drift_corrected" in m:
             typer.echo(f"  the probe's networks, timed beside it, ran {m['beside_factor']:.3f}x the table: "
                        f"{m['error_drift_corrected']:+.1%} vs the prediction at that speed "
