@@ -288,7 +288,8 @@ def format_proxy_bench(report: dict[str, Any]) -> str:
     ref_line += (f", {ref_s:.1f} s/arch, held-out accuracy {acc['min']:.3f}-{acc['max']:.3f} "
                  f"(spread {report['reference_spread']:.1f} points)")
     proxy_data = report.get("proxy_data", report["data"])
-    trained_on = report["data"] if proxy_data == report["data"] else f"{report['data']} (proxies on {proxy_data})"
+    trained_on = (report["data"] if proxy_data == report["data"]
+                  else f"{report['data']} (short trainings on {proxy_data})")
     lines = [f"proxy fidelity on {report['space']} / {trained_on} at {report['resolution']}px: "
              f"{report['n']} architectures, seed {report['seed']}, {report['workers']} worker(s) x "
              f"{report['threads']} thread(s)",

@@ -68,7 +68,7 @@ def test_short_proxies_train_on_the_proxy_data_and_the_reference_on_the_task(mic
     assert report["proxy_data"] == "cluttered:32:0:1" and report["data"] == "cluttered:32:1:2"
     # The proxy's step on the clean digits; the reference on the task at batch 64 (1 x 16 x 4 images: 1 step).
     assert sorted(set(seen)) == [("cluttered:32:0:1", 1), ("cluttered:32:1:2", 1)] and len(seen) == 6
-    assert "(proxies on cluttered:32:0:1)" in bench.format_proxy_bench(report)
+    assert "(short trainings on cluttered:32:0:1)" in bench.format_proxy_bench(report)
 
 
 def test_reference_agreement_is_the_spearman_between_reference_seeds():
