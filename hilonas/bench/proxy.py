@@ -70,7 +70,7 @@ def _score_arch(arch_dict: dict, budgets: dict[str, Any], reference: Any, seed: 
     from hilonas.proxy.zero_cost import ZERO_COST, scoring_batch
 
     data = _DATA
-    arch = adapt_arch(ArchConfig.from_dict(arch_dict), data)
+    arch = adapt_arch(ArchConfig.from_dict(arch_dict), data, fit_windows=True)  # scored as a search scores it
     record: dict[str, Any] = {"arch": arch_dict, "describe": arch.describe(), "scores": {}, "seconds": {}, "train": {}}
     batch = scoring_batch(data)
     with num_threads(threads):

@@ -122,9 +122,22 @@ class ProxyResult:
         return out
 
 
-def adapt_arch(arch: ArchConfig, data: ProxyData) -> ArchConfig:
-    """The architecture with the data's classes, resolution and 3 input channels (validated)."""
-    return dataclasses.replace(arch, num_classes=data.num_classes, img_size=data.resolution, in_chans=3).validate()
+def adapt_arch(arch: ArchConfig, data: ProxyData, *, fit_windows: bool = False) -> ArchConfig:
+    """The architecture with the data's classes, resolution and 3 input channels (validated).
+
+    With ``fit_windows``, a window that must fit inside its stage's token map (an SRA reduction ratio: the mixer
+    row's ``window_within_map``) is clamped to the map at the data's resolution, as the map shrinks with it: SRA's
+    ratio 7 on the 14x14 map of 224 px becomes 2 on the 2x2 map of 32 px. A search's proxies and promotion score
+    such a network this way; weights meant for the network as configured (export ``--weights``) never do, since
+    the reduction layer's shape follows the ratio."""
+    from hilonas.mixers import MIXERS
+
+    small = dataclasses.replace(arch, num_classes=data.num_classes, img_size=data.resolution, in_chans=3)
+    if fit_windows:
+        windows = tuple(min(win, h, w) if MIXERS[mixer].window_within_map else win for win, mixer, (h, w)
+                        in zip(small.window_sizes, small.mixers, small.stage_resolutions()))
+        small = dataclasses.replace(small, window_sizes=windows)
+    return small.validate()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -182,7 +195,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
 
 
 def train_proxy(arch: ArchConfig, data: ProxyData, budget: ProxyBudget = DEFAULT_BUDGET, *, seed: int = 0,
-                threads: int = 1, device: str = "cpu", return_model: bool = False) -> ProxyResult:
+                threads: int = 1, device: str = "cpu", return_model: bool = False,
+                fit_windows: bool = False) -> ProxyResult:
     """Train ``arch`` (adapted to ``data``) on the training split and score it on the held-out split.
 
     Args:
@@ -193,6 +207,7 @@ def train_proxy(arch: ArchConfig, data: ProxyData, budget: ProxyBudget = DEFAULT
         threads: torch intra-op threads during the run (restored after); one per trial when trials run side by side.
         device: ``"cpu"`` or ``"cuda[:N]"`` (CUDA runs under autocast, bfloat16 where supported).
         return_model: also return the trained weights (``state_dict``, on CPU).
+        fit_windows: clamp map-bounded windows to the data's resolution (see :func:`adapt_arch`).
 
     Returns:
         A :class:`ProxyResult`. A loss that turns NaN or infinite stops the run and gives ``failed=True`` with the
@@ -204,7 +219,7 @@ def train_proxy(arch: ArchConfig, data: ProxyData, budget: ProxyBudget = DEFAULT
     from hilonas.latency.timing import num_threads
     from hilonas.models import HiLoNet
 
-    arch = adapt_arch(arch, data)
+    arch = adapt_arch(arch, data, fit_windows=fit_windows)
     dev = _device(device)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise HilonasError(f"threads={threads!r} must be an integer >= 1")

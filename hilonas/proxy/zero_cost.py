@@ -8,8 +8,8 @@ input tensor or an ``(inputs, labels)`` pair (grad-norm needs the labels).
   with every parameter replaced by its absolute value and an all-ones input of one image, R = sum of the outputs;
   the score is sum over the weights of conv and linear layers of |theta * dR/dtheta|. Norm layers run in eval mode.
 - ``naswot`` (Mellor et al., "Neural Architecture Search without Training", ICML 2021): the binary code of every image
-  is the sign pattern of the inputs of every ReLU/GELU; K[i, j] = number of units where images i and j agree;
-  the score is log|det K|.
+  is the sign pattern of the inputs of every ReLU/GELU computed per image (one shared by all images, like a
+  position-bias MLP's, is left out); K[i, j] = number of units where images i and j agree; the score is log|det K|.
 - ``grad_norm``: the sum over parameter tensors of the L2 norm of the cross-entropy gradient on the batch.
 - ``param_count`` and ``flops`` (multiply-accumulates, fvcore, one image): the baselines the others must beat.
 
@@ -86,8 +86,15 @@ def naswot(model_or_arch: ModelOrArch, batch: Batch, *, seed: int = 0) -> float:
     net = _network(model_or_arch, x, seed).eval()
     codes: list[torch.Tensor] = []
 
+    images = x.shape[0]
+
     def hook(_module: nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
-        codes.append((inputs[0].detach().reshape(inputs[0].shape[0], -1) > 0).double())
+        t = inputs[0].detach()
+        # Per-image activations only: (images x ...) or windows of each image in turn ((images * windows) x ...);
+        # an activation computed once for every image (FasterViT's position-bias MLP, batch 1) says nothing about
+        # how the network tells images apart.
+        if t.shape[0] % images == 0:
+            codes.append((t.reshape(images, -1) > 0).double())
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
     try:
@@ -159,4 +166,4 @@ def naswot_on(arch: ArchConfig, data: object, *, seed: int = 0) -> float:
     batch: what ``hilonas search --proxy naswot`` scores a trial by, and ``hilonas bench proxy`` measures."""
     from hilonas.proxy.train import adapt_arch
 
-    return naswot(adapt_arch(arch, data), scoring_batch(data), seed=seed)  # type: ignore[arg-type]
+    return naswot(adapt_arch(arch, data, fit_windows=True), scoring_batch(data), seed=seed)  # type: ignore[arg-type]

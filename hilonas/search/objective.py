@@ -101,7 +101,7 @@ def _train(payload: TrialPayload, data: Any) -> tuple[float, bool, str | None, f
     from hilonas.proxy.train import ProxyBudget, train_proxy
 
     result = train_proxy(payload.arch, data, ProxyBudget(**payload.budget), seed=payload.seed,
-                         threads=payload.threads, device=payload.device)
+                         threads=payload.threads, device=payload.device, fit_windows=True)
     report = {k: v for k, v in result.to_dict().items() if k != "state_dict"}
     return float(result.accuracy), bool(result.failed), result.reason, float(result.seconds), report
 

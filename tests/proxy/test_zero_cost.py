@@ -1,6 +1,7 @@
 """Zero-cost proxies on tiny networks against values computed by hand or by an independent (numpy) formula."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -53,6 +54,52 @@ def test_naswot_matches_hamming_formula():
     assert naswot(net, (x, torch.zeros(5, dtype=torch.long))) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError):
         naswot(net, x[:1])
+
+
+class _SharedBias(nn.Module):
+    """A per-image ReLU network plus a GELU on a table computed once for every image (a position-bias MLP)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+        self.table = nn.Parameter(torch.randn(1, 4))
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.act(self.table).sum()
+
+
+def test_naswot_leaves_out_activations_shared_by_every_image():
+    net = _SharedBias()
+    with torch.no_grad():
+        net.body[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        net.body[0].bias.zero_()
+    x = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])
+    assert naswot(net, x) == pytest.approx(math.log(20.0))  # the by-hand network's score: the table adds nothing
+
+
+def test_naswot_scores_every_mixer_of_the_mixers_space_at_the_proxy_resolution():
+    """FasterViT's blocks (a batch-1 position-bias MLP) and SRA with a ratio larger than the 32-px maps (clamped to
+    them, as a search's proxies do) score a finite NASWOT; the architecture as configured is refused at 32 px."""
+    from hilonas.config import ArchConfig, ConfigError
+    from hilonas.proxy.data import load_dataset
+    from hilonas.proxy.train import adapt_arch
+    from hilonas.proxy.zero_cost import naswot_on
+
+    data = load_dataset("digits", resolution=32, max_train=64, max_val=20)
+    for mixer in ("hat", "sra", "cga", "window", "msa"):
+        arch = ArchConfig(depths=(1, 1, 1), embed_dims=(16, 32, 64), num_heads=(1, 2, 4), mlp_ratios=(2, 2, 2),
+                          mixers=("none", "hilo", mixer), alphas=(0.0, 0.5, 0.3), window_sizes=(1, 2, 7),
+                          img_size=224, num_classes=10).validate()
+        assert math.isfinite(naswot_on(arch, data, seed=0)), mixer
+    sra = dataclasses.replace(arch, mixers=("none", "hilo", "sra"))
+    with pytest.raises(ConfigError, match="window=7"):
+        adapt_arch(sra, data)
+    fitted = adapt_arch(sra, data, fit_windows=True)
+    assert fitted.window_sizes == (1, 2, 2) and fitted.stage_resolutions()[2] == (2, 2)
+    from hilonas.search.objective import TrialPayload, evaluate  # a trial of it trains (the short proxy) as well
+
+    assert evaluate(TrialPayload(arch=sra, budget={"steps": 1, "batch_size": 16}, proxy="train"), data).ok
 
 
 def test_grad_norm_matches_softmax_gradient():
