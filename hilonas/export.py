@@ -23,7 +23,7 @@ import pandas as pd
 from hilonas import __version__
 from hilonas.analysis.front import pareto_mask
 from hilonas.config import ArchConfig
-from hilonas.errors import HilonasError
+from hilonas.errors import ConfigError, HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR, DEFAULT_TABLES_DIR, atomic_write, read_text, replace_folder
 from hilonas.proxy import proxy_kind
 
@@ -373,7 +373,12 @@ def _train_weights(arch: ArchConfig, settings: dict[str, Any], folder: Path, epo
         budget = replace(budget, epochs=epochs, steps=None)
     spec = data_spec if data_spec is not None else dataset_spec(settings.get("data"))
     data = load_dataset(spec, resolution=int(settings.get("resolution") or 32), seed=int(settings.get("seed", 0)))
-    result = train_proxy(arch, data, budget, seed=int(settings.get("seed", 0)), return_model=True)
+    try:
+        result = train_proxy(arch, data, budget, seed=int(settings.get("seed", 0)), return_model=True)
+    except ConfigError as err:  # e.g. an SRA ratio larger than the stage's map at the study's resolution
+        raise HilonasError(f"--weights: the network as configured cannot be trained at the study's resolution "
+                           f"{data.resolution} px ({err}); export without --weights, or train the exported config "
+                           "at a larger one: hilonas train arch.yaml --resolution R") from None
     if result.failed:
         raise HilonasError(f"--weights: training failed ({result.reason}); try fewer --epochs or another seed")
     trained = replace(adapt_arch(arch, data), img_size=arch.img_size)

@@ -67,7 +67,7 @@ def pareto(studies_: list[str] = typer.Argument(..., metavar="STUDY...", help="o
     """The score-vs-latency Pareto page with promoted accuracies (plotly, works offline): fronts of several studies side by side."""  # noqa: E501
     from hilonas.analysis.plots import check_axis, pareto_figure, write_html, write_png
 
-    check_axis(x)  # before --landmarks spends minutes training
+    check_axis(x)  # before --landmarks scores anything (with --proxy train: minutes of training)
     if landmarks:
         quiet_torch()
         from hilonas.search.landmarks import evaluate_landmarks

@@ -140,3 +140,17 @@ def test_results_and_pareto_page(export_study):
     assert (study / "p.html").stat().st_size > 1_000_000
     out = cli("pareto", "nope", "--runs", str(study / "runs"), cwd=study)
     assert out.returncode == 2 and "nope" in out.stderr
+
+
+def test_weights_for_a_network_that_cannot_be_trained_at_the_study_resolution_say_so(tmp_path):
+    """A search scores an SRA ratio larger than the 32-px maps with the ratio clamped; ``--weights`` trains the
+    network as configured, which cannot run there: one line naming --weights, the resolution and the way out."""
+    from hilonas.errors import HilonasError
+    from hilonas.export import _train_weights
+
+    arch = ArchConfig(depths=(1, 1, 1), embed_dims=(16, 32, 64), num_heads=(1, 2, 4), mlp_ratios=(2, 2, 2),
+                      mixers=("none", "hilo", "sra"), alphas=(0.0, 0.5, 0.0), window_sizes=(1, 2, 7), img_size=224,
+                      num_classes=10).validate()
+    with pytest.raises(HilonasError, match=r"--weights: .* resolution 32 px .*window=7.*--resolution R"):
+        _train_weights(arch, {"data": "digits", "resolution": 32, "budget": {"steps": 1}}, tmp_path, None, None)
+    assert list(tmp_path.iterdir()) == []
