@@ -21,12 +21,9 @@ from typing import Any
 
 from hilonas.config import ArchConfig
 from hilonas.errors import HilonasError
-from hilonas.proxy import DEFAULT_PROXY, REFERENCE_FACTOR
+from hilonas.proxy import DEFAULT_PROXY, PROXY_INFO, REFERENCE_FACTOR
 
 __all__ = ["run_proxy_bench", "format_proxy_bench", "correlations"]
-
-# ``hilonas search --proxy`` -> the bench's name for the same score ("default": the short training's default budget).
-_SEARCH_KEYS = {"naswot": "naswot", "train": "default"}
 
 
 
@@ -262,7 +259,7 @@ def _report(records: list[dict], setup: dict, budget: Any, reference: Any, refer
         "reference_accuracy": {"min": min(ref), "max": max(ref), "mean": sum(ref) / len(ref)},
         "proxies": proxies,
         # The entry of ``proxies`` that a search scores trials by by default (hilonas search --proxy).
-        "search_default": _SEARCH_KEYS[DEFAULT_PROXY],
+        "search_default": PROXY_INFO[DEFAULT_PROXY]["bench"],
         "failed_trainings": failed, "workers": workers, "threads": threads,
         "wall_seconds": wall,
         **{k: v for k, v in setup.items() if k not in ("budgets", "reference", "reference_seeds")},

@@ -25,9 +25,6 @@ from hilonas.cli._common import (
 RESULT_COLUMNS = ["number", "state", "score", "promoted_accuracy", "latency_ms", "feasible", "on_front", "flops",
                   "params", "arch_text"]
 
-_SCORE_MEANING = {"naswot": "NASWOT of the untrained network (higher ranks higher; not an accuracy)",
-                  "train": "held-out top-1 of the short training"}
-
 
 def results(study: str = typer.Argument(..., help=f"study name ({DEFAULT_RUNS_DIR}/<study>/study.db)"),
             storage: Optional[str] = storage_option(),
@@ -47,9 +44,11 @@ def results(study: str = typer.Argument(..., help=f"study name ({DEFAULT_RUNS_DI
             typer.echo(f"wrote {write_trials(df, path, kind)} trials to {path}")
     view = df[df["on_front"]] if front_only else df
     if not df.empty:
+        from hilonas.proxy import PROXY_INFO
+
         kind = df["proxy"].iloc[0]
-        typer.echo(f"score: {_SCORE_MEANING.get(kind, kind)}; promoted_accuracy: held-out top-1 after training at "
-                   "the reference budget")
+        meaning = PROXY_INFO.get(kind, {}).get("meaning", kind)
+        typer.echo(f"score: {meaning}; promoted_accuracy: held-out top-1 after training at the reference budget")
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_colwidth", 90):
         typer.echo(view[RESULT_COLUMNS].to_string(index=False))
 

@@ -5,8 +5,8 @@ Import from the submodules (``hilonas.proxy.data``, ``.train``, ``.zero_cost``, 
 imports nothing heavy itself.
 """
 
-__all__ = ["REFERENCE_FACTOR", "LEGACY_REFERENCE_FACTOR", "PROXIES", "DEFAULT_PROXY", "LEGACY_PROXY", "ZC_BATCH",
-           "check_proxy", "proxy_kind"]
+__all__ = ["REFERENCE_FACTOR", "LEGACY_REFERENCE_FACTOR", "PROXIES", "DEFAULT_PROXY", "PROXY_INFO", "LEGACY_PROXY",
+           "ZC_BATCH", "check_proxy", "proxy_kind"]
 
 # The reference budget (``hilonas.proxy.train.ProxyBudget.scaled``) trains on this many times the proxy's images.
 # 30, not 10: on the embedded cluttered digits 10x (390 steps, 35-45% held-out) is still in the noisy early part of
@@ -24,6 +24,14 @@ LEGACY_REFERENCE_FACTOR = 10.0
 # networks that learn fast (README, "Proxy training"). Either way promotion trains the front for real accuracy.
 PROXIES = ("naswot", "train")
 DEFAULT_PROXY = "naswot"
+# Per proxy, one place: ``metric``, the study's first objective as Optuna names it (its dashboard, metric_names);
+# ``bench``, the entry of ``hilonas bench proxy`` that measures the same score; ``meaning``, what ``results`` says
+# the score is.
+PROXY_INFO = {
+    "naswot": {"metric": "naswot_score", "bench": "naswot",
+               "meaning": "NASWOT of the untrained network (higher ranks higher; not an accuracy)"},
+    "train": {"metric": "accuracy", "bench": "default", "meaning": "held-out top-1 of the short training"},
+}
 # Studies started before the proxy was recorded were scored by the short training.
 LEGACY_PROXY = "train"
 # Images of the task's training set NASWOT's kernel is computed on (the first ones: a fixed batch per dataset).

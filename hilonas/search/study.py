@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hilonas.errors import ConfigError, HilonasError
 from hilonas.io import DEFAULT_RUNS_DIR
+from hilonas.proxy import PROXY_INFO, proxy_kind
 
 SAMPLERS = ("nsga2", "tpe", "random")
 OBJECTIVES = ("latency", "throughput")
@@ -27,8 +28,6 @@ SETTINGS_ATTR = "hilonas_settings"
 # Settings that must match when a study is resumed: changing them would mix incomparable trials.
 RESUME_KEYS = ("space", "target", "fingerprint_id", "objective", "max_latency_ms", "data", "proxy_data", "proxy",
                "budget", "seed", "resolution")
-# The name of a study's first objective in Optuna (its dashboard, ``study.metric_names``), per proxy.
-_SCORE_NAMES = {"naswot": "naswot_score", "train": "accuracy"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # Optuna's heartbeat, kept by the driver for every trial it has asked and not told yet (see driver._Keeper): a RUNNING
 # trial whose heartbeat is older than GRACE_SECONDS belongs to a driver that stopped.
@@ -116,7 +115,7 @@ def create_or_resume(name: str, storage: optuna.storages.BaseStorage, settings: 
     with warnings.catch_warnings():  # experimental in Optuna, harmless
         warnings.simplefilter("ignore")
         second = "latency_ms" if settings["objective"] == "latency" else "throughput"
-        study.set_metric_names([_SCORE_NAMES.get(settings.get("proxy"), "accuracy"), second])
+        study.set_metric_names([PROXY_INFO[proxy_kind(settings)]["metric"], second])
     return study
 
 

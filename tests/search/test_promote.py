@@ -266,6 +266,7 @@ def test_a_naswot_study_scores_on_the_task_data_and_promotes_onto_an_accuracy_ax
     driver.run_search(run, progress=False)
     df, _ = studies.study_results(["nw"], runs_dir=str(workdir / "runs"))
     assert seen == {"naswot": {"cluttered:32:2:2"}, "train": set()}
+    assert studies.load_existing("nw", None, str(workdir / "runs")).metric_names == ["naswot_score", "latency_ms"]
     assert set(df["proxy"]) == {"naswot"} and df["accuracy"].isna().all() and (df["score"] > 100).all()
     with pytest.raises(HilonasError, match="min-accuracy=0.5: no trial of this study has an accuracy .*NASWOT"):
         select_trial(df, min_accuracy=0.5)
