@@ -37,7 +37,7 @@ def _hover(row: pd.Series) -> str:
 
 
 def _score_text(row: pd.Series) -> str:
-    """'NASWOT 612.3' or 'accuracy 0.5123' (the proxy's score of a row), '-' when it has none."""
+    """'NASWOT 612.3' or 'accuracy 0.5123' (the proxy's score of a row), 'not scored' when it has none."""
     if pd.isna(row.get("score")):
         return "not scored"
     if row.get("proxy") == "naswot":

@@ -42,7 +42,7 @@ _PROMOTE = count_option(DEFAULT_PROMOTE, minimum=0, help="front members trained 
                         f"({REFERENCE_FACTOR:g}x the proxy's) after the trials; the Pareto page and export use "
                         "their figure; 0 skips")
 _PROXY = typer.Option(DEFAULT_PROXY, help="what scores a trial: naswot (the zero-cost score of the untrained network, "
-                     "~0.2 s; ranks like long training better than the short training did on the embedded "
+                     "well under a second; ranks like long training better than the short training did on the embedded "
                      "digits) or train (the short training's held-out top-1, 5-11 s)")
 _ALLOW_SPACE_CHANGE = typer.Option(False, "--allow-space-change", help="resume a study whose search space changed "
                                    "since it started (earlier trials are kept; those outside it are not reused)")

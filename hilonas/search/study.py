@@ -120,14 +120,13 @@ def create_or_resume(name: str, storage: optuna.storages.BaseStorage, settings: 
 
 
 def _check_resume(name: str, study: optuna.Study, settings: dict[str, Any]) -> None:
-    from hilonas.proxy import LEGACY_PROXY
     from hilonas.proxy.data import data_name
 
     stored = json.loads(study.user_attrs.get(SETTINGS_ATTR, "{}"))
     if "data" in stored:  # a study from before the proxy had data of its own trained its trials on ``data``
         stored.setdefault("proxy_data", stored["data"])
     if stored:  # a study from before the proxy was recorded scored its trials by the short training
-        stored.setdefault("proxy", LEGACY_PROXY)
+        stored["proxy"] = proxy_kind(stored)
     for key in ("data", "proxy_data"):  # the legacy name of the embedded digits, spelled out
         if key in stored:
             stored[key] = data_name(stored[key])
