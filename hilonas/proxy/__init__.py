@@ -19,8 +19,8 @@ LEGACY_REFERENCE_FACTOR = 10.0
 
 # What a search's trials are scored by (``hilonas search --proxy``): ``naswot``, the zero-cost score of the untrained
 # network (hilonas.proxy.zero_cost.naswot, 0.03-0.15 s), or ``train``, the short training (hilonas.proxy.train, 5-11 s).
-# NASWOT by default: against the 30x reference on eight bench seeds (5-12) it ranked at Spearman 0.67-0.93 (mean
-# 0.80) where the short training reached -0.20-0.54 (mean 0.18), each training run repeatable but biased toward
+# NASWOT by default: against the 30x reference on ten bench seeds (5-14) it ranked at Spearman 0.45-0.93 (mean
+# 0.77) where the short training reached -0.20-0.54 (mean 0.20), each training run repeatable but biased toward
 # networks that learn fast (README, "Proxy training"). Either way promotion trains the front for real accuracy.
 PROXIES = ("naswot", "train")
 DEFAULT_PROXY = "naswot"
