@@ -323,7 +323,7 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
     from hilonas.latency.fingerprint import Fingerprint, current_like
     from hilonas.latency.measure import measurement_settings
     from hilonas.latency.predictor import LatencyPredictor
-    from hilonas.latency.probe import probe_groups, probe_networks, probe_speed, warn_factor, warn_kernels
+    from hilonas.latency.probe import at_speed, probe_groups, probe_networks, probe_speed, warn_factor, warn_kernels
     from hilonas.latency.table import LatencyTable
 
     stored = settings.get("fingerprint")
@@ -356,8 +356,9 @@ def remeasure(arch: ArchConfig, settings: dict[str, Any], tables_dir: str | Path
            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if beside:
         now = statistics.median(ms / stored for ms, (_, stored) in zip(out.pop("companions_ms"), beside))
-        out.update(beside_factor=now, predicted_beside_ms=today / factor * now,
-                   error_drift_corrected=m["measured_latency_ms"] / (today / factor * now) - 1.0)
+        beside_ms = at_speed(today, factor, now)
+        out.update(beside_factor=now, predicted_beside_ms=beside_ms,
+                   error_drift_corrected=m["measured_latency_ms"] / beside_ms - 1.0)
     return out
 
 

@@ -45,6 +45,7 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.table import LatencyTable
 
 __all__ = ["SpeedProbe", "probe_networks", "probe_blocks", "probe_speed", "warn_factor", "warn_kernels", "speed_kwargs",
+           "at_speed",
            "fit_block_factors", "space_groups", "probe_groups", "host_id", "pool_probe", "POOL_MINUTES", "POOL_EARLIER",
            "pass_bias", "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
 
@@ -139,6 +140,14 @@ def speed_kwargs(probe: Mapping[str, Any] | None) -> dict[str, Any]:
                 "default_group_factor": float(default) if default is not None else None,
                 "size_exponent": float(probe.get("size_exponent") or 0.0)}
     return {"speed_factor": float(probe.get("factor", 1.0))}
+
+
+def at_speed(predicted_ms: float, probe_factor: float, speed: float) -> float:
+    """A prediction made at the probe's speed (``probe_factor``; 1.0 without a probe) moved to the speed the machine
+    ran at while it was measured (``speed``: the calibration or probe networks timed in the same passes, over the
+    table). What the drift-corrected figures of ``latency validate`` and ``export`` compare with: the error left is
+    the table's own, not the machine's moves since the probe."""
+    return predicted_ms / probe_factor * speed
 
 
 def _spanning(items: list[Any], k: int) -> list[Any]:

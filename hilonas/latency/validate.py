@@ -179,7 +179,9 @@ def _drift_corrected(rows: list[dict[str, Any]], start_factor: float, drift: flo
     start-of-run factor: what is left is the table's own error."""
     if drift is None:
         return {"within_5_drift_corrected": None, "within_10_drift_corrected": None, "mape_drift_corrected": None}
-    errors = [abs(r["predicted_ms"] / start_factor * (1 + drift) / r["measured_ms"] - 1) for r in rows]
+    from hilonas.latency.probe import at_speed
+
+    errors = [abs(at_speed(r["predicted_ms"], start_factor, 1 + drift) / r["measured_ms"] - 1) for r in rows]
     n = len(errors)
     return {"within_5_drift_corrected": sum(e <= 0.05 for e in errors) / n,
             "within_10_drift_corrected": sum(e <= 0.10 for e in errors) / n,
