@@ -109,7 +109,8 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
                        f"{abs(factor - 1):.1%} {'slower' if factor >= 1 else 'faster'}; "
                        f"{m['speed_probe']['seconds']:.0f} s); predicted here today {m['predicted_today_ms']:.2f} ms "
                        "(each kind of block scaled by its own factor)")
-        against = "predicted today" if m.get("speed_probe") else "the table's prediction without a probe"
+        probed = bool(m.get("speed_probe"))
+        against = "predicted today" if probed else "the table's prediction without a probe"
         typer.echo(f"  re-measured in a fresh process: {m['measured_latency_ms']:.2f} ms ({m['error']:+.1%} vs "
                    f"{against}, {m['predicted_today_ms']:.2f} ms)")
         if "error_drift_corrected" in m:
@@ -122,7 +123,7 @@ def _print_export(study: str, row: Any, target: Path, prov: dict[str, Any]) -> N
             typer.echo(f"warning: measured latency differs from the prediction by {table_error:+.1%} "
                        f"(more than {WARN_ERROR:.0%}); check `hilonas latency validate`", err=True)
         elif abs(m["error"]) > WARN_ERROR:
-            moved = "the machine's speed moved since the probe" if m.get("speed_probe") else \
+            moved = "the machine's speed moved since the probe" if probed else \
                 "this machine runs at another speed than the table's host"
             typer.echo(f"note: {moved}: {m['error']:+.1%} against {against}, {table_error:+.1%} at the speed the "
                        "probe's networks ran beside the export", err=True)

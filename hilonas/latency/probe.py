@@ -45,9 +45,9 @@ from hilonas.latency.keys import BlockKey
 from hilonas.latency.table import LatencyTable
 
 __all__ = ["SpeedProbe", "probe_networks", "probe_blocks", "probe_speed", "warn_factor", "warn_kernels", "speed_kwargs",
-           "at_speed",
-           "fit_block_factors", "space_groups", "probe_groups", "host_id", "pool_probe", "POOL_MINUTES", "POOL_EARLIER",
-           "pass_bias", "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S", "WARN_FACTOR"]
+           "at_speed", "fit_block_factors", "space_groups", "probe_groups", "host_id", "pool_probe", "POOL_MINUTES",
+           "POOL_EARLIER", "pass_bias", "DEFAULT_PROBE_NETWORKS", "DEFAULT_PROBE_BLOCKS", "DEFAULT_PROBE_BUDGET_S",
+           "WARN_FACTOR"]
 
 DEFAULT_PROBE_NETWORKS = 4
 DEFAULT_PROBE_BLOCKS = 8  # stored blocks re-timed per calibration group, at most...

@@ -379,3 +379,11 @@ def test_a_table_from_a_cpu_with_other_vector_instructions_is_one_note_line(tmp_
     table.set_details({"cpu_flags": ["avx512f", "avx2"]})
     monkeypatch.setattr(fpmod, "_cpuinfo_facts", lambda: {"cpu_flags": ["avx2", "avx512f"]})
     assert probe_mod.warn_kernels(table) is None and capsys.readouterr().err == ""
+
+
+def test_at_speed_moves_a_prediction_from_the_probes_speed_to_the_measured_one():
+    """The drift-corrected prediction of ``latency validate`` and ``export``: today's prediction (made at the probe's
+    factor) taken back to the table, then to the speed the networks beside it ran at."""
+    assert probe_mod.at_speed(11.0, 1.1, 1.0) == pytest.approx(10.0)  # the table's own prediction
+    assert probe_mod.at_speed(11.0, 1.1, 0.9) == pytest.approx(9.0)
+    assert probe_mod.at_speed(10.0, 1.0, 1.2) == pytest.approx(12.0)  # no probe: the table's prediction, moved
